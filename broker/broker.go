@@ -1,0 +1,173 @@
+// Package broker runs nats-server in-process with JetStream on. The same
+// code serves `chatd all`, where edge and worker connect in-process, and
+// `chatd broker`, where they connect over TCP.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Options configure a broker.
+type Options struct {
+	// Name identifies the server in monitoring and clusters.
+	Name string
+	// Listen is the client host:port. Empty means no TCP listener: only
+	// in-process connections (Broker.Connect) reach the server.
+	Listen string
+	// HTTP is the monitoring host:port (/varz /connz /jsz /healthz …); empty disables it.
+	HTTP string
+	// DataDir holds the JetStream store.
+	DataDir string
+	// LameDuck is how long a shutdown spreads client disconnects over.
+	LameDuck time.Duration
+	// ReadyTimeout bounds the wait for the server to accept connections.
+	ReadyTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Broker is a running embedded NATS server.
+type Broker struct {
+	opts Options
+	ns   *server.Server
+	log  *slog.Logger
+}
+
+// New starts a broker and waits until it accepts connections.
+func New(opts Options) (*Broker, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.DataDir == "" {
+		return nil, errors.New("broker: a data directory is required for JetStream")
+	}
+	if opts.ReadyTimeout == 0 {
+		opts.ReadyTimeout = 10 * time.Second
+	}
+	if opts.LameDuck == 0 {
+		opts.LameDuck = 10 * time.Second
+	}
+	so := &server.Options{
+		ServerName:          opts.Name,
+		JetStream:           true,
+		StoreDir:            filepath.Join(opts.DataDir, "jetstream"),
+		LameDuckDuration:    opts.LameDuck,
+		LameDuckGracePeriod: opts.LameDuck / 2,
+		NoSigs:              true,
+		MaxPayload:          8 << 20,
+	}
+	if opts.Listen == "" {
+		so.DontListen = true
+	} else {
+		host, port, err := splitHostPort(opts.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("broker: listen address: %w", err)
+		}
+		so.Host, so.Port = host, port
+	}
+	if opts.HTTP != "" {
+		host, port, err := splitHostPort(opts.HTTP)
+		if err != nil {
+			return nil, fmt.Errorf("broker: http address: %w", err)
+		}
+		so.HTTPHost, so.HTTPPort = host, port
+	}
+	ns, err := server.NewServer(so)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	ns.SetLoggerV2(&logAdapter{l: opts.Logger.With("component", "nats")}, false, false, false)
+	ns.Start()
+	if !ns.ReadyForConnections(opts.ReadyTimeout) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("broker: not ready within %s (is the port in use?)", opts.ReadyTimeout)
+	}
+	return &Broker{opts: opts, ns: ns, log: opts.Logger}, nil
+}
+
+// splitHostPort parses host:port, mapping port 0 to nats-server's "random port".
+func splitHostPort(addr string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", ps)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	return host, port, nil
+}
+
+// Server exposes the underlying nats-server, for tests and monitoring.
+func (b *Broker) Server() *server.Server { return b.ns }
+
+// ClientURL is the nats:// URL for TCP clients, or "" without a listener.
+func (b *Broker) ClientURL() string {
+	if b.opts.Listen == "" {
+		return ""
+	}
+	return b.ns.ClientURL()
+}
+
+// MonitorAddr is the bound monitoring address, or "" when disabled.
+func (b *Broker) MonitorAddr() string {
+	if a := b.ns.MonitorAddr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// Connect opens an in-process client connection: no sockets, no ports.
+func (b *Broker) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
+	opts = append([]nats.Option{nats.Name(name), nats.InProcessServer(b.ns), nats.MaxReconnects(-1)}, opts...)
+	nc, err := nats.Connect("", opts...)
+	if err != nil {
+		return nil, fmt.Errorf("broker: in-process connect: %w", err)
+	}
+	return nc, nil
+}
+
+// Shutdown stops the server. With remote clients it enters lame-duck mode
+// first so they move to other servers gradually; ctx bounds the wait.
+func (b *Broker) Shutdown(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if b.opts.Listen != "" && b.ns.NumClients() > 0 {
+			b.ns.LameDuckShutdown()
+			return
+		}
+		b.ns.Shutdown()
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		b.ns.Shutdown()
+	}
+	b.ns.WaitForShutdown()
+}
+
+// logAdapter sends nats-server logs to slog.
+type logAdapter struct{ l *slog.Logger }
+
+func (a *logAdapter) Noticef(f string, v ...any) { a.l.Info(fmt.Sprintf(f, v...)) }
+func (a *logAdapter) Warnf(f string, v ...any)   { a.l.Warn(fmt.Sprintf(f, v...)) }
+func (a *logAdapter) Errorf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
+func (a *logAdapter) Fatalf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
+func (a *logAdapter) Debugf(f string, v ...any)  { a.l.Debug(fmt.Sprintf(f, v...)) }
+func (a *logAdapter) Tracef(f string, v ...any)  { a.l.Debug(fmt.Sprintf(f, v...)) }

@@ -1,0 +1,368 @@
+// Package edge is the client-facing TCP listener. An edge holds sockets
+// and nothing else that matters: it parses frames, binds a connection to
+// its logged-in user, turns each request into a NATS request to the
+// workers, writes replies back, and while a user has sessions here it
+// subscribes to that user's delivery subject. Killing an edge loses no
+// data; its users reconnect to any other edge.
+package edge
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/chatd-io/chatd/internal/proto"
+)
+
+// Options configure an edge.
+type Options struct {
+	// Listen is the client host:port.
+	Listen string
+	// Conn is the edge's NATS connection; the caller owns it.
+	Conn *nats.Conn
+	// Name names this edge in logs.
+	Name string
+	// MaxFrame is the largest client object accepted, in bytes.
+	MaxFrame int
+	// RequestTimeout bounds a wait for a worker; past it the client is
+	// told "unavailable" instead of waiting forever.
+	RequestTimeout time.Duration
+	// ProbeTimeout bounds the "does anybody else hold this user" check.
+	ProbeTimeout time.Duration
+	// OutQueue is how many messages may wait for a slow client before it
+	// is disconnected.
+	OutQueue int
+	// WriteTimeout disconnects a client whose socket accepts nothing for this long.
+	WriteTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.MaxFrame == 0 {
+		o.MaxFrame = proto.DefaultMaxFrame
+	}
+	if o.RequestTimeout == 0 {
+		o.RequestTimeout = 5 * time.Second
+	}
+	if o.ProbeTimeout == 0 {
+		o.ProbeTimeout = time.Second
+	}
+	if o.OutQueue == 0 {
+		o.OutQueue = 1024
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+}
+
+// Edge is a running client listener.
+type Edge struct {
+	opts Options
+	log  *slog.Logger
+	nc   *nats.Conn
+	ln   net.Listener
+
+	// deliveries is shared by every per-user subscription: one dispatcher
+	// goroutine serves them all instead of one goroutine per user.
+	deliveries chan *nats.Msg
+
+	mu    sync.Mutex
+	users map[string]*userEntry
+	conns map[*conn]struct{}
+
+	closing chan struct{}
+	wg      sync.WaitGroup
+}
+
+// userEntry is one user's sessions on this edge and their subscription.
+type userEntry struct {
+	sessions map[*conn]struct{}
+	sub      *nats.Subscription
+}
+
+// New starts listening. Serve must be called to accept clients.
+func New(opts Options) (*Edge, error) {
+	opts.setDefaults()
+	if opts.Conn == nil {
+		return nil, errors.New("edge: a NATS connection is required")
+	}
+	ln, err := net.Listen("tcp", opts.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
+	e := &Edge{
+		opts:       opts,
+		log:        opts.Logger,
+		nc:         opts.Conn,
+		ln:         ln,
+		deliveries: make(chan *nats.Msg, 1<<16),
+		users:      make(map[string]*userEntry),
+		conns:      make(map[*conn]struct{}),
+		closing:    make(chan struct{}),
+	}
+	e.wg.Add(1)
+	go e.dispatch()
+	return e, nil
+}
+
+// Addr is the bound client address.
+func (e *Edge) Addr() net.Addr { return e.ln.Addr() }
+
+// Serve accepts clients until Shutdown.
+func (e *Edge) Serve() error {
+	for {
+		nc, err := e.ln.Accept()
+		if err != nil {
+			select {
+			case <-e.closing:
+				return nil
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("edge: accept: %w", err)
+		}
+		c := newConn(e, nc)
+		e.mu.Lock()
+		e.conns[c] = struct{}{}
+		e.mu.Unlock()
+		e.wg.Add(2)
+		go c.writeLoop()
+		go c.readLoop()
+	}
+}
+
+// Shutdown stops accepting, closes every client connection (each ends its
+// session, so friends see it go offline) and waits for that, bounded by ctx.
+func (e *Edge) Shutdown(ctx context.Context) error {
+	select {
+	case <-e.closing:
+	default:
+		close(e.closing)
+	}
+	err := e.ln.Close()
+	e.mu.Lock()
+	for c := range e.conns {
+		c.close()
+	}
+	e.mu.Unlock()
+	done := make(chan struct{})
+	go func() { e.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("edge: shutdown: %w", ctx.Err())
+	}
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Sessions is the number of logged-in connections.
+func (e *Edge) Sessions() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for _, u := range e.users {
+		n += len(u.sessions)
+	}
+	return n
+}
+
+func (e *Edge) forget(c *conn) {
+	e.mu.Lock()
+	delete(e.conns, c)
+	e.mu.Unlock()
+}
+
+// bind adds c to user's sessions. For the user's first session on this
+// edge it asks whether any other edge holds the user (to know whether this
+// is the user's first session anywhere) and subscribes to the user's
+// subject; the subscription is flushed before returning so that a
+// delivery published after the login reply cannot miss it.
+func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bool, err error) {
+	e.mu.Lock()
+	if u, ok := e.users[user]; ok {
+		u.sessions[c] = struct{}{}
+		e.mu.Unlock()
+		return false, nil
+	}
+	u := &userEntry{sessions: map[*conn]struct{}{c: {}}}
+	e.users[user] = u
+	e.mu.Unlock()
+
+	firstAnywhere = !e.held(ctx, user)
+	sub, err := e.nc.ChanSubscribe(proto.UserSubject(user), e.deliveries)
+	if err == nil {
+		err = e.nc.FlushWithContext(ctx)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err != nil {
+		if sub != nil {
+			_ = sub.Unsubscribe()
+		}
+		delete(u.sessions, c)
+		if e.users[user] == u && len(u.sessions) == 0 {
+			delete(e.users, user)
+		}
+		return false, fmt.Errorf("subscribe for %s: %w", user, err)
+	}
+	if e.users[user] != u {
+		// Every session ended while we subscribed.
+		_ = sub.Unsubscribe()
+		return firstAnywhere, nil
+	}
+	u.sub = sub
+	return firstAnywhere, nil
+}
+
+// unbind removes c from user's sessions and reports whether that was the
+// user's last session anywhere.
+func (e *Edge) unbind(ctx context.Context, c *conn, user string) bool {
+	e.mu.Lock()
+	u, ok := e.users[user]
+	if !ok {
+		e.mu.Unlock()
+		return false
+	}
+	delete(u.sessions, c)
+	if len(u.sessions) > 0 {
+		e.mu.Unlock()
+		return false
+	}
+	delete(e.users, user)
+	sub := u.sub
+	e.mu.Unlock()
+	if sub != nil {
+		_ = sub.Unsubscribe()
+	}
+	return !e.held(ctx, user)
+}
+
+// held asks whether any edge holds a session of user. "No responders" is
+// NATS telling us nobody subscribes to the user's subject; an edge that is
+// there but slow still counts as holding.
+func (e *Edge) held(ctx context.Context, user string) bool {
+	m := nats.NewMsg(proto.UserSubject(user))
+	m.Header.Set(proto.HdrKind, proto.KindProbe)
+	ctx, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
+	defer cancel()
+	_, err := e.nc.RequestMsgWithContext(ctx, m)
+	return !errors.Is(err, nats.ErrNoResponders)
+}
+
+// sessionsOf returns a snapshot of user's local sessions.
+func (e *Edge) sessionsOf(user string) []*conn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	u, ok := e.users[user]
+	if !ok {
+		return nil
+	}
+	out := make([]*conn, 0, len(u.sessions))
+	for c := range u.sessions {
+		out = append(out, c)
+	}
+	return out
+}
+
+// dispatch serves every per-user subscription.
+func (e *Edge) dispatch() {
+	defer e.wg.Done()
+	for {
+		select {
+		case m := <-e.deliveries:
+			e.deliver(m)
+		case <-e.closing:
+			return
+		}
+	}
+}
+
+func (e *Edge) deliver(m *nats.Msg) {
+	tok := m.Subject[len(proto.UserPrefix):]
+	user, err := proto.NameFromToken(tok)
+	if err != nil {
+		return
+	}
+	sessions := e.sessionsOf(user)
+	switch m.Header.Get(proto.HdrKind) {
+	case proto.KindProbe:
+		if len(sessions) > 0 && m.Reply != "" {
+			_ = m.Respond(nil)
+		}
+	case proto.KindInbox:
+		if len(sessions) > 0 {
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
+				defer cancel()
+				e.fetchInbox(ctx, user, sessions)
+			}()
+		}
+	default:
+		if len(sessions) == 0 {
+			return // no answer: the sender sees a timeout and keeps the message
+		}
+		seq, _ := strconv.ParseUint(m.Header.Get(proto.HdrSeq), 10, 64)
+		line := make([]byte, 0, len(m.Data)+1)
+		line = append(append(line, m.Data...), '\n')
+		for _, c := range sessions {
+			c.observe(seq)
+			c.send(line)
+		}
+		if m.Reply != "" {
+			_ = m.Respond(nil)
+		}
+	}
+}
+
+// fetchInbox claims the user's stored messages and writes them to sessions.
+func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn) {
+	for {
+		m := nats.NewMsg(proto.InternalPrefix + "inbox")
+		m.Header.Set(proto.HdrUser, user)
+		m.Data = []byte("{}")
+		reply, err := e.nc.RequestMsgWithContext(ctx, m)
+		if err != nil {
+			e.log.Warn("fetching offline messages failed", "user", user, "err", err)
+			return
+		}
+		for _, line := range splitLines(reply.Data) {
+			for _, c := range sessions {
+				c.send(line)
+			}
+		}
+		if reply.Header.Get(proto.HdrMore) == "" {
+			return
+		}
+	}
+}
+
+// splitLines splits b into lines, each with its own '\n' terminator.
+func splitLines(b []byte) [][]byte {
+	var out [][]byte
+	for _, l := range bytes.Split(b, []byte{'\n'}) {
+		if len(l) > 0 {
+			out = append(out, append(l[:len(l):len(l)], '\n'))
+		}
+	}
+	return out
+}

@@ -1,0 +1,86 @@
+package proto
+
+import (
+	"encoding/base64"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits on names and passwords.
+const (
+	MaxNameRunes     = 32
+	MaxPasswordBytes = 128
+)
+
+// ValidName reports whether s may be a user or group name: 1–32 runes of
+// valid UTF-8 with no whitespace, control characters or '|', which
+// separates names in list replies.
+func ValidName(s string) bool {
+	if s == "" || !utf8.ValidString(s) || utf8.RuneCountInString(s) > MaxNameRunes {
+		return false
+	}
+	for _, r := range s {
+		if r == '|' || unicode.IsSpace(r) || unicode.IsControl(r) || r == utf8.RuneError ||
+			unicode.Is(unicode.Cf, r) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidPassword reports whether p has an acceptable length.
+func ValidPassword(p string) bool {
+	return len(p) >= 1 && len(p) <= MaxPasswordBytes
+}
+
+// Token encodes a name as a single NATS subject token. Names may contain
+// '.', '*', '>' or anything else; base64url without padding never does.
+func Token(name string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(name))
+}
+
+// NameFromToken reverses Token.
+func NameFromToken(tok string) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	return string(b), err
+}
+
+// Subjects shared by edges and workers.
+const (
+	// CmdPrefix + command name is where edges send requests to workers.
+	CmdPrefix = "chat.cmd."
+	// InternalPrefix + name is for edge-to-worker calls clients cannot make.
+	InternalPrefix = "chat.int."
+	// UserPrefix + Token(user) is a user's delivery subject.
+	UserPrefix = "chat.user."
+	// WorkerQueue is the queue group every worker instance joins.
+	WorkerQueue = "chat-workers"
+)
+
+// UserSubject returns the delivery subject for a user.
+func UserSubject(user string) string { return UserPrefix + Token(user) }
+
+// Headers carried on NATS messages between edges and workers.
+const (
+	// HdrUser names the session user on a request; set only by the edge.
+	HdrUser = "Chat-User"
+	// HdrSeq carries a log sequence: on a request, the highest sequence the
+	// session has seen; on a reply or delivery, the sequence it reflects.
+	HdrSeq = "Chat-Seq"
+	// HdrKind says what a message on a user subject is for.
+	HdrKind = "Chat-Kind"
+	// HdrBind on a login reply names the user the session is now bound to.
+	HdrBind = "Chat-Bind"
+	// HdrMore on a reply that carries stored messages says more are waiting.
+	HdrMore = "Chat-More"
+)
+
+// Kinds of messages on a user's delivery subject.
+const (
+	// KindDeliver is written to every session of the user.
+	KindDeliver = "deliver"
+	// KindProbe only asks whether any session exists.
+	KindProbe = "probe"
+	// KindInbox says stored messages are waiting; the edge should fetch them.
+	KindInbox = "inbox"
+)

@@ -1,0 +1,412 @@
+package workers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/chatd-io/chatd/internal/proto"
+	"github.com/chatd-io/chatd/storage"
+)
+
+// Internal endpoint names (under proto.InternalPrefix).
+const (
+	IntPresence = "presence"
+	IntInbox    = "inbox"
+	inboxBatch  = 100
+)
+
+func (w *Worker) commands() map[string]handler {
+	return map[string]handler{
+		"register":         w.register,
+		"login":            w.login,
+		"add":              w.loggedIn(w.addFriend),
+		"create_group":     w.loggedIn(w.createGroup),
+		"add_group":        w.loggedIn(w.addGroup),
+		"private_chat":     w.loggedIn(w.privateChat),
+		"group_chat":       w.loggedIn(w.groupChat),
+		"get_group_member": w.loggedIn(w.groupMembers),
+	}
+}
+
+func (w *Worker) internal() map[string]handler {
+	return map[string]handler{
+		IntPresence: w.loggedIn(w.presence),
+		IntInbox:    w.loggedIn(w.claimInbox),
+	}
+}
+
+// jsonObject decodes a request body that must be a JSON object.
+func jsonObject(data []byte, f *fields) error {
+	if err := json.Unmarshal(data, f); err != nil {
+		return err
+	}
+	if *f == nil {
+		return errors.New("not an object")
+	}
+	return nil
+}
+
+// loggedIn refuses calls without a session user. The edge already does;
+// this keeps a worker safe from anything else that can reach its subjects.
+func (w *Worker) loggedIn(h handler) handler {
+	return func(ctx context.Context, c *call) ([]byte, error) {
+		if c.user == "" {
+			return result(c.cmd, "not_logged_in"), nil
+		}
+		return h(ctx, c)
+	}
+}
+
+// actingUserOK checks the seed's acting-user field: optional, but if given
+// it must name the session user. The server never acts on it.
+func actingUserOK(c *call, field string) bool {
+	v, present, ok := c.f.str(field)
+	return ok && (!present || v == c.user)
+}
+
+// name reads a required name field.
+func (c *call) name(field string) (string, bool) {
+	v, _, ok := c.f.str(field)
+	return v, ok && proto.ValidName(v)
+}
+
+// exists runs check against the local store, and if it says no, makes sure
+// the store is not merely behind the log on subject before believing it.
+func (w *Worker) exists(ctx context.Context, subject string, check func() (bool, error)) (bool, error) {
+	ok, err := check()
+	if err != nil || ok {
+		return ok, err
+	}
+	changed, err := w.applier.refresh(ctx, subject)
+	if err != nil || !changed {
+		return false, err
+	}
+	return check()
+}
+
+func (w *Worker) userExists(ctx context.Context, name string) (bool, error) {
+	return w.exists(ctx, userEvSubject(name), func() (bool, error) {
+		_, err := w.store.User(name)
+		if errors.Is(err, storage.ErrNotFound) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+}
+
+func (w *Worker) groupExists(ctx context.Context, name string) (bool, error) {
+	return w.exists(ctx, groupEvSubject(name), func() (bool, error) {
+		_, err := w.store.Group(name)
+		if errors.Is(err, storage.ErrNotFound) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+}
+
+func (w *Worker) register(ctx context.Context, c *call) ([]byte, error) {
+	user, okUser := c.name("user")
+	pass, _, okPass := c.f.str("password")
+	switch {
+	case !okUser:
+		return result(c.cmd, "failure", "reason", "invalid_user"), nil
+	case !okPass || !proto.ValidPassword(pass):
+		return result(c.cmd, "failure", "reason", "invalid_password"), nil
+	}
+	if _, err := w.store.User(user); err == nil {
+		return result(c.cmd, "failure", "reason", "user_exists"), nil
+	}
+	var hash []byte
+	var herr error
+	if err := w.hash(ctx, func() { hash, herr = bcrypt.GenerateFromPassword([]byte(pass), w.opts.HashCost) }); err != nil {
+		return nil, err
+	}
+	if herr != nil {
+		return nil, fmt.Errorf("hash password: %w", herr)
+	}
+	seq, err := publishEvent(ctx, w.js, userEvSubject(user), storage.Event{
+		Type: storage.EvUserRegistered, User: user, Hash: string(hash), Time: time.Now().UnixMilli(),
+	})
+	if errors.Is(err, errConflict) {
+		return result(c.cmd, "failure", "reason", "user_exists"), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.seq = seq
+	return result(c.cmd, "success"), nil
+}
+
+func (w *Worker) login(ctx context.Context, c *call) ([]byte, error) {
+	user, okUser := c.name("user")
+	pass, _, okPass := c.f.str("password")
+	if !okUser {
+		return result(c.cmd, "user_not_exist"), nil
+	}
+	if ok, err := w.userExists(ctx, user); err != nil || !ok {
+		return result(c.cmd, "user_not_exist"), err
+	}
+	u, err := w.store.User(user)
+	if err != nil {
+		return nil, err
+	}
+	var cmpErr error
+	if err := w.hash(ctx, func() { cmpErr = bcrypt.CompareHashAndPassword([]byte(u.Hash), []byte(pass)) }); err != nil {
+		return nil, err
+	}
+	if !okPass || cmpErr != nil {
+		return result(c.cmd, "password_error"), nil
+	}
+	friends, err := w.store.Friends(user)
+	if err != nil {
+		return nil, err
+	}
+	groups, err := w.store.Groups(user)
+	if err != nil {
+		return nil, err
+	}
+	c.bind = user
+	return result(c.cmd, "success", "friend", strings.Join(friends, "|"), "group", strings.Join(groups, "|")), nil
+}
+
+func (w *Worker) addFriend(ctx context.Context, c *call) ([]byte, error) {
+	if !actingUserOK(c, "user") {
+		return result(c.cmd, "forbidden"), nil
+	}
+	friend, ok := c.name("friend")
+	if !ok || friend == c.user {
+		return result(c.cmd, "invalid"), nil
+	}
+	if ok, err := w.userExists(ctx, friend); err != nil || !ok {
+		return result(c.cmd, "user_not_exist"), err
+	}
+	if ok, err := w.store.AreFriends(c.user, friend); err != nil || ok {
+		return result(c.cmd, "already_friend"), err
+	}
+	seq, err := publishEvent(ctx, w.js, friendEvSubject(c.user, friend), storage.Event{
+		Type: storage.EvFriendAdded, User: c.user, Friend: friend, Time: time.Now().UnixMilli(),
+	})
+	if errors.Is(err, errConflict) {
+		return result(c.cmd, "already_friend"), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.seq = seq
+	w.notify(friend, seq, obj("cmd", "add_friend_reply", "result", c.user))
+	return result(c.cmd, "success", "friend", friend), nil
+}
+
+func (w *Worker) createGroup(ctx context.Context, c *call) ([]byte, error) {
+	if !actingUserOK(c, "user") {
+		return result(c.cmd, "forbidden"), nil
+	}
+	group, ok := c.name("group")
+	if !ok {
+		return result(c.cmd, "invalid"), nil
+	}
+	if _, err := w.store.Group(group); err == nil {
+		return result(c.cmd, "group_exist"), nil
+	}
+	seq, err := publishEvent(ctx, w.js, groupEvSubject(group), storage.Event{
+		Type: storage.EvGroupCreated, User: c.user, Group: group, Time: time.Now().UnixMilli(),
+	})
+	if errors.Is(err, errConflict) {
+		return result(c.cmd, "group_exist"), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.seq = seq
+	return result(c.cmd, "success", "group", group), nil
+}
+
+func (w *Worker) addGroup(ctx context.Context, c *call) ([]byte, error) {
+	if !actingUserOK(c, "user") {
+		return result(c.cmd, "forbidden"), nil
+	}
+	group, ok := c.name("group")
+	if !ok {
+		return result(c.cmd, "invalid"), nil
+	}
+	if ok, err := w.groupExists(ctx, group); err != nil || !ok {
+		return result(c.cmd, "group_not_exist"), err
+	}
+	if ok, err := w.store.IsMember(group, c.user); err != nil || ok {
+		return result(c.cmd, "user_in_group"), err
+	}
+	seq, err := publishEvent(ctx, w.js, memberEvSubject(group, c.user), storage.Event{
+		Type: storage.EvMemberJoined, User: c.user, Group: group, Time: time.Now().UnixMilli(),
+	})
+	if errors.Is(err, errConflict) {
+		return result(c.cmd, "user_in_group"), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.seq = seq
+	return result(c.cmd, "success", "group", group), nil
+}
+
+func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
+	if !actingUserOK(c, "user_from") {
+		return result(c.cmd, "forbidden"), nil
+	}
+	to, ok := c.name("user_to")
+	text, _, okText := c.f.str("text")
+	if !ok || !okText {
+		raw, _, _ := c.f.str("user_to")
+		return result(c.cmd, "invalid", "user_to", raw), nil
+	}
+	if ok, err := w.userExists(ctx, to); err != nil || !ok {
+		return result(c.cmd, "user_not_exist", "user_to", to), err
+	}
+	friends, err := w.exists(ctx, friendEvSubject(c.user, to), func() (bool, error) { return w.store.AreFriends(c.user, to) })
+	if err != nil || !friends {
+		return result(c.cmd, "not_friend", "user_to", to), err
+	}
+	msg := obj("cmd", "private_chat", "user_from", c.user, "user_to", to, "text", text,
+		"time", time.Now().UnixMilli(), "msg_id", nuid.Next())
+	delivered, err := w.deliver(ctx, to, msg)
+	if err != nil {
+		return nil, err
+	}
+	if !delivered {
+		return result(c.cmd, "offline", "user_to", to), nil
+	}
+	return result(c.cmd, "success", "user_to", to), nil
+}
+
+func (w *Worker) groupChat(ctx context.Context, c *call) ([]byte, error) {
+	if !actingUserOK(c, "user") {
+		return result(c.cmd, "forbidden"), nil
+	}
+	group, ok := c.name("group")
+	text, _, okText := c.f.str("text")
+	if !ok || !okText {
+		return result(c.cmd, "invalid"), nil
+	}
+	if ok, err := w.groupExists(ctx, group); err != nil || !ok {
+		return result(c.cmd, "group_not_exist", "group", group), err
+	}
+	member, err := w.exists(ctx, memberEvSubject(group, c.user), func() (bool, error) { return w.store.IsMember(group, c.user) })
+	if err != nil || !member {
+		return result(c.cmd, "not_member", "group", group), err
+	}
+	members, err := w.store.Members(group)
+	if err != nil {
+		return nil, err
+	}
+	msg := obj("cmd", "group_chat", "user", c.user, "group", group, "text", text,
+		"time", time.Now().UnixMilli(), "msg_id", nuid.Next())
+	for _, m := range members {
+		if m != c.user {
+			w.notify(m, 0, msg)
+		}
+	}
+	return result(c.cmd, "success", "group", group), nil
+}
+
+func (w *Worker) groupMembers(ctx context.Context, c *call) ([]byte, error) {
+	group, ok := c.name("group")
+	if !ok {
+		raw, _, _ := c.f.str("group")
+		return result(c.cmd, "invalid", "group", raw, "member", ""), nil
+	}
+	if ok, err := w.groupExists(ctx, group); err != nil || !ok {
+		return result(c.cmd, "group_not_exist", "group", group, "member", ""), err
+	}
+	members, err := w.store.Members(group)
+	if err != nil {
+		return nil, err
+	}
+	return result(c.cmd, "success", "member", strings.Join(members, "|"), "group", group), nil
+}
+
+// presence tells the user's friends that the user came online (first
+// session anywhere) or went offline (last session ended). Edges decide
+// when; the friend list lives here.
+func (w *Worker) presence(ctx context.Context, c *call) ([]byte, error) {
+	var online bool
+	if raw, ok := c.f["online"]; !ok || json.Unmarshal(raw, &online) != nil {
+		return result(c.cmd, "invalid"), nil
+	}
+	friends, err := w.store.Friends(c.user)
+	if err != nil {
+		return nil, err
+	}
+	msg := obj("cmd", "friend_offline", "friend", c.user)
+	if online {
+		msg = obj("cmd", "friend_login", "friend", c.user)
+	}
+	for _, f := range friends {
+		w.notify(f, 0, msg)
+	}
+	return result(c.cmd, "success"), nil
+}
+
+// claimInbox hands the user's stored messages to the asking edge, one
+// JSON object per line.
+func (w *Worker) claimInbox(ctx context.Context, c *call) ([]byte, error) {
+	msgs, more, err := w.inbox.claim(ctx, c.user, inboxBatch)
+	if err != nil && len(msgs) == 0 {
+		return nil, err
+	}
+	if err != nil {
+		w.log.Warn("offline messages partly claimed", "user", c.user, "err", err)
+		more = true
+	}
+	c.more = more
+	return append(bytes.Join(msgs, []byte("\n")), '\n'), nil
+}
+
+// notify publishes a delivery to every session of user, if any; nothing
+// is kept for an offline user.
+func (w *Worker) notify(user string, seq uint64, msg []byte) {
+	m := nats.NewMsg(proto.UserSubject(user))
+	m.Header.Set(proto.HdrKind, proto.KindDeliver)
+	if seq > 0 {
+		m.Header.Set(proto.HdrSeq, fmt.Sprint(seq))
+	}
+	m.Data = msg
+	if err := w.nc.PublishMsg(m); err != nil {
+		w.log.Warn("notify failed", "err", err)
+	}
+}
+
+// deliver hands msg to the user's sessions and waits for an edge to take
+// it. Nobody subscribed means offline: the message goes to the inbox, and
+// a nudge tells any session that logged in meanwhile to fetch it, which
+// closes the race between "offline" and a concurrent login.
+func (w *Worker) deliver(ctx context.Context, user string, msg []byte) (bool, error) {
+	m := nats.NewMsg(proto.UserSubject(user))
+	m.Header.Set(proto.HdrKind, proto.KindDeliver)
+	m.Data = msg
+	dctx, cancel := context.WithTimeout(ctx, w.opts.DeliverTimeout)
+	_, err := w.nc.RequestMsgWithContext(dctx, m)
+	cancel()
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, nats.ErrNoResponders) {
+		// An edge holds the user but did not confirm: keep the message
+		// rather than risk losing it.
+		w.log.Warn("delivery unconfirmed, storing", "user", user, "err", err)
+	}
+	if err := w.inbox.put(ctx, user, msg); err != nil {
+		return false, err
+	}
+	nudge := nats.NewMsg(proto.UserSubject(user))
+	nudge.Header.Set(proto.HdrKind, proto.KindInbox)
+	_ = w.nc.PublishMsg(nudge)
+	return false, nil
+}

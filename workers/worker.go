@@ -1,0 +1,331 @@
+// Package workers holds the command handlers: registration, login,
+// friends, groups, chat routing. Each worker process keeps its own LevelDB
+// query store built from the JetStream event log, and answers edges'
+// requests as one instance of a NATS micro service in a queue group, so
+// workers can be added or removed without reconfiguring anything.
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/chatd-io/chatd/internal/proto"
+	"github.com/chatd-io/chatd/storage"
+)
+
+// Options configure a worker.
+type Options struct {
+	// Conn is the worker's NATS connection; the caller owns it.
+	Conn *nats.Conn
+	// DataDir holds the LevelDB store; empty keeps it in memory (rebuilt
+	// from the log at every start).
+	DataDir string
+	// Name names this instance in logs and service metadata.
+	Name    string
+	Version string
+	// HashCost is the bcrypt cost for new passwords.
+	HashCost int
+	// Replicas for the streams when this worker creates them.
+	Replicas int
+	// InboxMaxAge is how long messages for offline users are kept.
+	InboxMaxAge time.Duration
+	// DeliverTimeout bounds the wait for a recipient's edge to take a message.
+	DeliverTimeout time.Duration
+	// ReadWait bounds the wait for this store to reach a sequence a session
+	// has already seen (read-your-writes).
+	ReadWait time.Duration
+	// MaxInFlight bounds concurrently handled requests.
+	MaxInFlight int
+	Logger      *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.HashCost == 0 {
+		o.HashCost = bcrypt.DefaultCost
+	}
+	if o.InboxMaxAge == 0 {
+		o.InboxMaxAge = 30 * 24 * time.Hour
+	}
+	if o.DeliverTimeout == 0 {
+		o.DeliverTimeout = 2 * time.Second
+	}
+	if o.ReadWait == 0 {
+		o.ReadWait = 2 * time.Second
+	}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = 1024
+	}
+	if o.Version == "" {
+		o.Version = "0.1.0"
+	}
+}
+
+// Worker is a running command handler.
+type Worker struct {
+	opts    Options
+	log     *slog.Logger
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	store   storage.Store
+	applier *applier
+	inbox   *inbox
+	events  jetstream.ConsumeContext
+	svc     micro.Service
+
+	inflight chan struct{} // semaphore for handlers
+	hashing  chan struct{} // semaphore for bcrypt, which is all CPU
+	wg       sync.WaitGroup
+	ready    atomic.Bool
+}
+
+// Service name and queue group visible to `nats micro ls`.
+const ServiceName = "chat-worker"
+
+// New opens the store, makes sure the streams exist, replays the log up to
+// its current end and only then joins the queue group, so a new worker
+// never answers from a partial store.
+func New(ctx context.Context, opts Options) (*Worker, error) {
+	opts.setDefaults()
+	if opts.Conn == nil {
+		return nil, errors.New("workers: a NATS connection is required")
+	}
+	if opts.HashCost < bcrypt.MinCost || opts.HashCost > bcrypt.MaxCost {
+		return nil, fmt.Errorf("workers: hash cost %d outside %d..%d", opts.HashCost, bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	w := &Worker{
+		opts:     opts,
+		log:      opts.Logger,
+		nc:       opts.Conn,
+		inflight: make(chan struct{}, opts.MaxInFlight),
+		hashing:  make(chan struct{}, runtime.GOMAXPROCS(0)),
+	}
+	var err error
+	if opts.DataDir == "" {
+		w.store, err = storage.OpenMem()
+	} else {
+		w.store, err = storage.Open(opts.DataDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := w.start(ctx); err != nil {
+		w.closeStore()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Worker) start(ctx context.Context) error {
+	js, err := jetstream.New(w.nc)
+	if err != nil {
+		return fmt.Errorf("workers: jetstream: %w", err)
+	}
+	w.js = js
+	if err := ensureStreams(ctx, js, w.opts.Replicas, w.opts.InboxMaxAge); err != nil {
+		return fmt.Errorf("workers: %w", err)
+	}
+	evs, err := js.Stream(ctx, EventStream)
+	if err != nil {
+		return fmt.Errorf("workers: %w", err)
+	}
+	info, err := evs.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("workers: event stream info: %w", err)
+	}
+	if last := w.store.LastSeq(); last > info.State.LastSeq {
+		return fmt.Errorf("workers: store in %s has applied event %d but the log ends at %d; "+
+			"it belongs to another log: remove the directory to rebuild it", w.opts.DataDir, last, info.State.LastSeq)
+	}
+	ibs, err := js.Stream(ctx, InboxStream)
+	if err != nil {
+		return fmt.Errorf("workers: %w", err)
+	}
+	w.inbox = &inbox{js: js, stream: ibs}
+	w.applier = newApplier(w.store, evs, w.log)
+	started := time.Now()
+	if w.events, err = w.applier.start(ctx); err != nil {
+		return fmt.Errorf("workers: %w", err)
+	}
+	if err := w.applier.wait(ctx, info.State.LastSeq); err != nil {
+		w.events.Stop()
+		return fmt.Errorf("workers: catching up with the log: %w", err)
+	}
+	w.log.Info("worker caught up with the log", "events", info.State.LastSeq, "took", time.Since(started).Round(time.Millisecond))
+	if err := w.addService(); err != nil {
+		w.events.Stop()
+		return err
+	}
+	w.ready.Store(true)
+	return nil
+}
+
+func (w *Worker) addService() error {
+	svc, err := micro.AddService(w.nc, micro.Config{
+		Name:        ServiceName,
+		Version:     w.opts.Version,
+		Description: "chatd command handlers",
+		QueueGroup:  proto.WorkerQueue,
+		Metadata:    map[string]string{"instance": w.opts.Name},
+	})
+	if err != nil {
+		return fmt.Errorf("workers: add service: %w", err)
+	}
+	cmds := svc.AddGroup(proto.CmdPrefix[:len(proto.CmdPrefix)-1])
+	for name, h := range w.commands() {
+		if err := cmds.AddEndpoint(name, w.endpoint(name, h)); err != nil {
+			_ = svc.Stop()
+			return fmt.Errorf("workers: endpoint %s: %w", name, err)
+		}
+	}
+	internal := svc.AddGroup(proto.InternalPrefix[:len(proto.InternalPrefix)-1])
+	for name, h := range w.internal() {
+		if err := internal.AddEndpoint(name, w.endpoint(name, h)); err != nil {
+			_ = svc.Stop()
+			return fmt.Errorf("workers: endpoint %s: %w", name, err)
+		}
+	}
+	w.svc = svc
+	return nil
+}
+
+// Ready reports whether the worker has caught up and is serving.
+func (w *Worker) Ready() bool { return w.ready.Load() }
+
+// Store exposes the query store, for tests.
+func (w *Worker) Store() storage.Store { return w.store }
+
+// Close leaves the queue group, finishes in-flight requests (bounded by
+// ctx), stops applying events and closes the store.
+func (w *Worker) Close(ctx context.Context) error {
+	w.ready.Store(false)
+	var errs []error
+	if w.svc != nil {
+		errs = append(errs, w.svc.Stop())
+	}
+	done := make(chan struct{})
+	go func() { w.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("workers: in-flight requests still running: %w", ctx.Err()))
+	}
+	if w.events != nil {
+		w.events.Stop()
+	}
+	errs = append(errs, w.closeStore())
+	return errors.Join(errs...)
+}
+
+func (w *Worker) closeStore() error {
+	// Applying holds the store; wait for the consumer to let go.
+	if w.events != nil {
+		select {
+		case <-w.events.Closed():
+		case <-time.After(5 * time.Second):
+		}
+	}
+	return w.store.Close()
+}
+
+// call is one request being handled.
+type call struct {
+	cmd     string
+	user    string // the session's user, from the edge; "" before login
+	f       fields
+	seq     uint64 // log sequence the reply reflects
+	bind    string // on a successful login, the user the session becomes
+	more    bool   // on an inbox reply, more messages wait
+	isError bool   // count as an error in service stats
+}
+
+type handler func(ctx context.Context, c *call) ([]byte, error)
+
+// endpoint runs each request on its own goroutine: handlers wait on the
+// network (JetStream, recipients' edges) and on bcrypt, and one slow
+// request must not hold up the rest.
+func (w *Worker) endpoint(cmd string, h handler) micro.Handler {
+	return micro.HandlerFunc(func(req micro.Request) {
+		w.inflight <- struct{}{}
+		w.wg.Add(1)
+		go func() {
+			defer func() { <-w.inflight; w.wg.Done() }()
+			w.serve(req, cmd, h)
+		}()
+	})
+}
+
+func (w *Worker) serve(req micro.Request, cmd string, h handler) {
+	ctx, cancel := context.WithTimeout(context.Background(), w.opts.ReadWait+w.opts.DeliverTimeout+time.Second)
+	defer cancel()
+	hdr := req.Headers()
+	c := &call{cmd: cmd, user: hdr.Get(proto.HdrUser)}
+	var body []byte
+	var err error
+	if seen, _ := strconv.ParseUint(hdr.Get(proto.HdrSeq), 10, 64); seen > 0 {
+		wctx, wcancel := context.WithTimeout(ctx, w.opts.ReadWait)
+		err = w.applier.wait(wctx, seen)
+		wcancel()
+		if err != nil {
+			w.log.Warn("store behind the session", "cmd", cmd, "err", err)
+			body, c.isError, err = result(cmd, "unavailable"), true, nil
+		}
+	}
+	if body == nil {
+		if jerr := jsonObject(req.Data(), &c.f); jerr != nil {
+			body = result(cmd, "invalid")
+		} else {
+			body, err = h(ctx, c)
+		}
+	}
+	if err != nil {
+		w.log.Error("command failed", "cmd", cmd, "user", c.user, "err", err)
+		body, c.isError = result(cmd, "internal_error"), true
+	}
+	out := micro.Headers{}
+	if c.seq == 0 {
+		c.seq = w.store.LastSeq()
+	}
+	out[proto.HdrSeq] = []string{strconv.FormatUint(c.seq, 10)}
+	if c.bind != "" {
+		out[proto.HdrBind] = []string{c.bind}
+	}
+	if c.more {
+		out[proto.HdrMore] = []string{"1"}
+	}
+	if c.isError {
+		err = req.Error("500", "internal error", body, micro.WithHeaders(out))
+	} else {
+		err = req.Respond(body, micro.WithHeaders(out))
+	}
+	if err != nil {
+		w.log.Warn("reply failed", "cmd", cmd, "err", err)
+	}
+}
+
+// hash runs fn with a bcrypt slot: hashing is pure CPU, and running more of
+// them at once than there are cores only makes every one of them slower.
+func (w *Worker) hash(ctx context.Context, fn func()) error {
+	select {
+	case w.hashing <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-w.hashing }()
+	fn()
+	return nil
+}
