@@ -384,7 +384,9 @@ func (l levelFloor) WithAttrs(a []slog.Attr) slog.Handler {
 	return levelFloor{l.Handler.WithAttrs(a), l.min}
 }
 
-func (l levelFloor) WithGroup(n string) slog.Handler { return levelFloor{l.Handler.WithGroup(n), l.min} }
+func (l levelFloor) WithGroup(n string) slog.Handler {
+	return levelFloor{l.Handler.WithGroup(n), l.min}
+}
 
 func orOff(s string) string {
 	if s == "" {
