@@ -91,9 +91,17 @@ func (c *conn) writeLoop() {
 
 // fatal writes a last error straight to the socket and closes it: after
 // an oversized or malformed frame the byte stream cannot be resynchronised.
+// The rest of the client's input is read and dropped for a moment before
+// closing: closing with unread input makes the kernel send a reset, which
+// can destroy the error line before the client reads it.
 func (c *conn) fatal(result string) {
 	_ = c.sock.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = c.sock.Write(errorLine(result, ""))
+	if tc, ok := c.sock.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+		_ = tc.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.Copy(io.Discard, io.LimitReader(tc, 4<<20))
+	}
 	c.close()
 }
 
@@ -111,8 +119,6 @@ func (c *conn) readLoop() {
 			return
 		case errors.Is(err, proto.ErrSyntax):
 			c.fatal("invalid_json")
-			return
-		case errors.Is(err, io.ErrUnexpectedEOF) && len(frame) == 0:
 			return
 		case err != nil:
 			return

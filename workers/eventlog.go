@@ -106,6 +106,7 @@ type applier struct {
 	store  storage.Store
 	stream jetstream.Stream
 	log    *slog.Logger
+	delay  time.Duration
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced after every apply
@@ -143,6 +144,9 @@ func (a *applier) handle(msg jetstream.Msg) {
 		return
 	}
 	seq := md.Sequence.Stream
+	if a.delay > 0 {
+		time.Sleep(a.delay)
+	}
 	var ev storage.Event
 	if err := json.Unmarshal(msg.Data(), &ev); err != nil || ev.Validate() != nil {
 		// Written by a newer or broken producer: record it as seen so that

@@ -48,7 +48,10 @@ type Options struct {
 	ReadWait time.Duration
 	// MaxInFlight bounds concurrently handled requests.
 	MaxInFlight int
-	Logger      *slog.Logger
+	// ApplyDelay slows applying each event down; it exists so tests can
+	// play a worker whose store lags far behind the log.
+	ApplyDelay time.Duration
+	Logger     *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -157,6 +160,7 @@ func (w *Worker) start(ctx context.Context) error {
 	}
 	w.inbox = &inbox{js: js, stream: ibs}
 	w.applier = newApplier(w.store, evs, w.log)
+	w.applier.delay = w.opts.ApplyDelay
 	started := time.Now()
 	if w.events, err = w.applier.start(ctx); err != nil {
 		return fmt.Errorf("workers: %w", err)

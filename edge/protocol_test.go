@@ -1,0 +1,415 @@
+package edge_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/chatd-io/chatd/internal/chattest"
+)
+
+type M = map[string]any
+
+// start runs a broker, one worker and one edge, and returns the edge address.
+func start(t *testing.T) string {
+	t.Helper()
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	return c.StartEdge().Addr().String()
+}
+
+// users registers and logs in each name on its own connection.
+func users(t *testing.T, addr string, names ...string) []*chattest.Client {
+	t.Helper()
+	var out []*chattest.Client
+	for _, n := range names {
+		cl := chattest.Dial(t, addr)
+		cl.Register(n, "pw-"+n)
+		cl.Login(n, "pw-"+n)
+		out = append(out, cl)
+	}
+	return out
+}
+
+func befriend(t *testing.T, a *chattest.Client, b *chattest.Client, nameB string) {
+	t.Helper()
+	a.Expect(M{"cmd": "add", "friend": nameB}, "success")
+	b.Want("add_friend_reply")
+}
+
+func TestRegister(t *testing.T) {
+	cl := chattest.Dial(t, start(t))
+	tests := []struct {
+		name         string
+		req          M
+		result       string
+		reason       string
+		absentReason bool
+	}{
+		{"plain", M{"user": "alice", "password": "secret"}, "success", "", true},
+		{"duplicate", M{"user": "alice", "password": "other"}, "failure", "user_exists", false},
+		{"chinese", M{"user": "小明", "password": "11111"}, "success", "", true},
+		{"dot", M{"user": "a.b", "password": "x"}, "success", "", true},
+		{"star", M{"user": "*", "password": "x"}, "success", "", true},
+		{"gt", M{"user": ">", "password": "x"}, "success", "", true},
+		{"32 runes", M{"user": strings.Repeat("名", 32), "password": "x"}, "success", "", true},
+		{"33 runes", M{"user": strings.Repeat("名", 33), "password": "x"}, "failure", "invalid_user", false},
+		{"empty name", M{"user": "", "password": "x"}, "failure", "invalid_user", false},
+		{"space", M{"user": "a b", "password": "x"}, "failure", "invalid_user", false},
+		{"pipe", M{"user": "a|b", "password": "x"}, "failure", "invalid_user", false},
+		{"control", M{"user": "a\u0001", "password": "x"}, "failure", "invalid_user", false},
+		{"number name", M{"user": 42, "password": "x"}, "failure", "invalid_user", false},
+		{"missing name", M{"password": "x"}, "failure", "invalid_user", false},
+		{"empty password", M{"user": "bob", "password": ""}, "failure", "invalid_password", false},
+		{"long password", M{"user": "bob", "password": strings.Repeat("p", 129)}, "failure", "invalid_password", false},
+		{"number password", M{"user": "bob", "password": 1}, "failure", "invalid_password", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.req["cmd"] = "register"
+			m := cl.Result(tc.req)
+			if m.Str("result") != tc.result || m.Str("reason") != tc.reason {
+				t.Fatalf("reply %s, want result %q reason %q", m.Raw, tc.result, tc.reason)
+			}
+			if _, has := m.Fields["reason"]; tc.absentReason && has {
+				t.Fatalf("success carries a reason: %s", m.Raw)
+			}
+		})
+	}
+	// Names that look like NATS wildcards are ordinary, separate users.
+	for _, n := range []string{"*", ">", "a.b", "小明"} {
+		c2 := chattest.Dial(t, cl.Conn.RemoteAddr().String())
+		c2.Expect(M{"cmd": "login", "user": n, "password": "11111"}, map[bool]string{true: "success", false: "password_error"}[n == "小明"])
+	}
+}
+
+func TestLogin(t *testing.T) {
+	addr := start(t)
+	cl := chattest.Dial(t, addr)
+	cl.Register("alice", "pw")
+	cl.Expect(M{"cmd": "login", "user": "nobody", "password": "pw"}, "user_not_exist")
+	cl.Expect(M{"cmd": "login", "user": "a b", "password": "pw"}, "user_not_exist")
+	cl.Expect(M{"cmd": "login", "user": "alice", "password": "wrong"}, "password_error")
+	cl.Expect(M{"cmd": "login", "user": "alice", "password": 5}, "password_error")
+	m := cl.Login("alice", "pw")
+	if m.Raw != `{"cmd":"login_reply","result":"success","friend":"","group":""}` {
+		t.Fatalf("first login reply %s", m.Raw)
+	}
+	// Friends and groups come back in the order they were made.
+	bobs := users(t, addr, "bob", "carol")
+	cl.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	cl.Expect(M{"cmd": "add", "friend": "carol"}, "success")
+	cl.Expect(M{"cmd": "create_group", "group": "g2"}, "success")
+	bobs[0].Expect(M{"cmd": "create_group", "group": "g1"}, "success")
+	cl.Expect(M{"cmd": "add_group", "group": "g1"}, "success")
+	again := chattest.Dial(t, addr)
+	m = again.Login("alice", "pw")
+	if m.Str("friend") != "bob|carol" || m.Str("group") != "g2|g1" {
+		t.Fatalf("login reply %s, want friends bob|carol and groups g2|g1", m.Raw)
+	}
+}
+
+func TestNotLoggedIn(t *testing.T) {
+	cl := chattest.Dial(t, start(t))
+	for _, cmd := range []string{"add", "create_group", "add_group", "private_chat", "group_chat", "get_group_member", "offline", "send_file"} {
+		m := cl.Result(M{"cmd": cmd, "user": "x", "friend": "y", "group": "g", "user_to": "y", "text": "t"})
+		if m.Str("result") != "not_logged_in" {
+			t.Errorf("%s before login: %s", cmd, m.Raw)
+		}
+	}
+	cl.Send(M{"cmd": "ping"})
+	if m := cl.Next(); m.Raw != `{"cmd":"pong"}` {
+		t.Fatalf("ping: %s", m.Raw)
+	}
+}
+
+func TestActingUserMustBeSessionUser(t *testing.T) {
+	addr := start(t)
+	cls := users(t, addr, "alice", "bob", "eve")
+	alice, bob, eve := cls[0], cls[1], cls[2]
+	befriend(t, alice, bob, "bob")
+	alice.Expect(M{"cmd": "create_group", "group": "g"}, "success")
+	tests := []M{
+		{"cmd": "add", "user": "alice", "friend": "bob"},
+		{"cmd": "create_group", "user": "alice", "group": "h"},
+		{"cmd": "add_group", "user": "alice", "group": "g"},
+		{"cmd": "private_chat", "user_from": "alice", "user_to": "bob", "text": "spoof"},
+		{"cmd": "group_chat", "user": "alice", "group": "g", "text": "spoof"},
+		{"cmd": "add", "user": 7, "friend": "bob"},
+	}
+	for _, req := range tests {
+		eve.Expect(req, "forbidden")
+	}
+	eve.Send(M{"cmd": "offline", "user": "alice"})
+	if m := eve.Want("offline_reply"); m.Str("result") != "forbidden" {
+		t.Fatalf("offline naming someone else: %s", m.Raw)
+	}
+	// Nothing happened: no group h, eve not in g, bob got nothing from eve.
+	eve.Expect(M{"cmd": "get_group_member", "group": "h"}, "group_not_exist")
+	if m := eve.Result(M{"cmd": "get_group_member", "group": "g"}); m.Str("member") != "alice" {
+		t.Fatalf("members of g: %s", m.Raw)
+	}
+	eve.Expect(M{"cmd": "add", "user": "eve", "friend": "bob"}, "success")
+	bob.Want("add_friend_reply")
+	eve.Expect(M{"cmd": "private_chat", "user_from": "eve", "user_to": "bob", "text": "real"}, "success")
+	if m := bob.Want("private_chat"); m.Str("user_from") != "eve" || m.Str("text") != "real" {
+		t.Fatalf("bob got %s; a spoofed message came first?", m.Raw)
+	}
+	// Eve still logged in: the forbidden offline did not log her out.
+	eve.Expect(M{"cmd": "create_group", "group": "eves"}, "success")
+}
+
+func TestFriends(t *testing.T) {
+	addr := start(t)
+	cls := users(t, addr, "alice", "bob")
+	alice, bob := cls[0], cls[1]
+	alice.Expect(M{"cmd": "add", "friend": "nobody"}, "user_not_exist")
+	alice.Expect(M{"cmd": "add", "friend": "alice"}, "invalid")
+	alice.Expect(M{"cmd": "add", "friend": "a|b"}, "invalid")
+	alice.Expect(M{"cmd": "add", "friend": 3}, "invalid")
+	m := alice.Expect(M{"cmd": "add", "user": "alice", "friend": "bob"}, "success")
+	if m.Raw != `{"cmd":"add_reply","result":"success","friend":"bob"}` {
+		t.Fatalf("add reply %s", m.Raw)
+	}
+	if m := bob.Want("add_friend_reply"); m.Raw != `{"cmd":"add_friend_reply","result":"alice"}` {
+		t.Fatalf("other side got %s", m.Raw)
+	}
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "already_friend")
+	bob.Expect(M{"cmd": "add", "friend": "alice"}, "already_friend")
+}
+
+func TestPrivateChat(t *testing.T) {
+	addr := start(t)
+	cls := users(t, addr, "alice", "bob", "carol")
+	alice, bob, carol := cls[0], cls[1], cls[2]
+	if m := alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "hi"}, "not_friend"); m.Str("user_to") != "bob" {
+		t.Fatalf("reply without user_to: %s", m.Raw)
+	}
+	alice.Expect(M{"cmd": "private_chat", "user_to": "ghost", "text": "hi"}, "user_not_exist")
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": 1}, "invalid")
+	befriend(t, alice, bob, "bob")
+	m := alice.Expect(M{"cmd": "private_chat", "user_from": "alice", "user_to": "bob", "text": "hello 小明 \"quoted\""}, "success")
+	if m.Str("user_to") != "bob" {
+		t.Fatalf("reply %s", m.Raw)
+	}
+	got := bob.Want("private_chat")
+	if got.Str("user_from") != "alice" || got.Str("user_to") != "bob" || got.Str("text") != "hello 小明 \"quoted\"" ||
+		got.Str("msg_id") == "" || got.Fields["time"] == nil {
+		t.Fatalf("delivered %s", got.Raw)
+	}
+	// Friendship is mutual, and carol (no friend) gets nothing.
+	bob.Expect(M{"cmd": "private_chat", "user_to": "alice", "text": "back"}, "success")
+	alice.Want("private_chat")
+	carol.Sync()
+	if p := carol.Pending(); len(p) != 0 {
+		t.Fatalf("carol received %v", p)
+	}
+}
+
+func TestGroups(t *testing.T) {
+	addr := start(t)
+	cls := users(t, addr, "alice", "bob", "carol", "dave")
+	alice, bob, carol, dave := cls[0], cls[1], cls[2], cls[3]
+	alice.Expect(M{"cmd": "create_group", "group": "a b"}, "invalid")
+	alice.Expect(M{"cmd": "create_group", "group": 9}, "invalid")
+	if m := alice.Expect(M{"cmd": "create_group", "user": "alice", "group": "学习"}, "success"); m.Str("group") != "学习" {
+		t.Fatalf("create reply %s", m.Raw)
+	}
+	alice.Expect(M{"cmd": "create_group", "group": ">"}, "success")
+	bob.Expect(M{"cmd": "create_group", "group": "学习"}, "group_exist")
+	alice.Expect(M{"cmd": "add_group", "group": "学习"}, "user_in_group")
+	bob.Expect(M{"cmd": "add_group", "group": "nope"}, "group_not_exist")
+	if m := bob.Expect(M{"cmd": "add_group", "user": "bob", "group": "学习"}, "success"); m.Str("group") != "学习" {
+		t.Fatalf("add_group reply %s", m.Raw)
+	}
+	carol.Expect(M{"cmd": "add_group", "group": "学习"}, "success")
+	bob.Expect(M{"cmd": "add_group", "group": "学习"}, "user_in_group")
+
+	m := dave.Result(M{"cmd": "get_group_member", "group": "学习"})
+	if m.Raw != `{"cmd":"get_group_member_reply","result":"success","member":"alice|bob|carol","group":"学习"}` {
+		t.Fatalf("members: %s", m.Raw)
+	}
+	if m := dave.Result(M{"cmd": "get_group_member", "group": "nope"}); m.Str("result") != "group_not_exist" || m.Str("group") != "nope" {
+		t.Fatalf("missing group: %s", m.Raw)
+	}
+	// A group named ">" is its own group, not a wildcard over the others.
+	if m := dave.Result(M{"cmd": "get_group_member", "group": ">"}); m.Str("member") != "alice" {
+		t.Fatalf("members of '>': %s", m.Raw)
+	}
+
+	dave.Expect(M{"cmd": "group_chat", "group": "学习", "text": "let me in"}, "not_member")
+	dave.Expect(M{"cmd": "group_chat", "group": "nope", "text": "x"}, "group_not_exist")
+	bob.Expect(M{"cmd": "group_chat", "user": "bob", "group": "学习", "text": "hello all"}, "success")
+	for _, cl := range []*chattest.Client{alice, carol} {
+		got := cl.Want("group_chat")
+		if got.Str("user") != "bob" || got.Str("group") != "学习" || got.Str("text") != "hello all" || got.Str("msg_id") == "" {
+			t.Fatalf("delivered %s", got.Raw)
+		}
+	}
+	// Not echoed to the sender, nothing to outsiders: carol's next message
+	// travels the same path after bob's, so an echo would already be here.
+	carol.Expect(M{"cmd": "group_chat", "group": "学习", "text": "second"}, "success")
+	if got := bob.Want("group_chat"); got.Str("text") != "second" {
+		t.Fatalf("bob's own message came back to him: %s", got.Raw)
+	}
+	if got := alice.Want("group_chat"); got.Str("text") != "second" {
+		t.Fatalf("alice got %s", got.Raw)
+	}
+	dave.Sync()
+	if p := dave.Pending(); len(p) != 0 {
+		t.Fatalf("a non-member received %v", p)
+	}
+}
+
+func TestFraming(t *testing.T) {
+	addr := start(t)
+	cl := chattest.Dial(t, addr)
+	cl.Register("alice", "pw")
+
+	// The seed client's pretty-printed, undelimited JSON.
+	cl.Send("{\n    \"cmd\": \"login\",\n    \"password\": \"pw\",\n    \"user\": \"alice\"\n}{\n    \"cmd\": \"ping\"\n}")
+	cl.Want("login_reply")
+	cl.Want("pong")
+	// Several objects in one segment, with ';' and newlines between.
+	cl.Send(`{"cmd":"ping","id":1};{"cmd":"ping","id":"two"}` + "\n" + `{"cmd":"get_group_member","group":"x","id":{"k":[1]}}`)
+	for _, want := range []string{`{"id":1,"cmd":"pong"}`, `{"id":"two","cmd":"pong"}`} {
+		if m := cl.Next(); m.Raw != want {
+			t.Fatalf("got %s, want %s", m.Raw, want)
+		}
+	}
+	if m := cl.Next(); m.Str("cmd") != "get_group_member_reply" || m.Raw[:15] != `{"id":{"k":[1]}` {
+		t.Fatalf("id not echoed: %s", m.Raw)
+	}
+	// One object split over many segments.
+	req := `{"cmd":"get_group_member","group":"学习"}`
+	for i := 0; i < len(req); i++ {
+		cl.Send(req[i : i+1])
+	}
+	cl.Want("get_group_member_reply")
+
+	// Recoverable errors keep the connection open.
+	recoverable := []struct{ in, want string }{
+		{`[1,2]`, `{"cmd":"error","result":"invalid"}`},
+		{`"str"`, `{"cmd":"error","result":"invalid"}`},
+		{`42 `, `{"cmd":"error","result":"invalid"}`},
+		{`{"nocmd":1}`, `{"cmd":"error","result":"invalid"}`},
+		{`{"cmd":7}`, `{"cmd":"error","result":"invalid"}`},
+		{`{"cmd":"fly"}`, `{"cmd":"error","result":"unknown_cmd","detail":"fly"}`},
+		{`{"cmd":"add","friend":["x"]}`, `{"cmd":"add_reply","result":"invalid"}`},
+	}
+	for _, tc := range recoverable {
+		cl.Send(tc.in)
+		if m := cl.Next(); m.Raw != tc.want {
+			t.Fatalf("%s: got %s, want %s", tc.in, m.Raw, tc.want)
+		}
+	}
+	cl.Sync()
+
+	fatal := []struct {
+		name, in, want string
+	}{
+		{"invalid json", `{"cmd":"ping",,}`, `{"cmd":"error","result":"invalid_json"}`},
+		{"stray brace", `}`, `{"cmd":"error","result":"invalid_json"}`},
+		{"too large", `{"cmd":"ping","pad":"` + strings.Repeat("x", 70<<10) + `"}`, `{"cmd":"error","result":"too_large"}`},
+	}
+	for _, tc := range fatal {
+		t.Run(tc.name, func(t *testing.T) {
+			c := chattest.Dial(t, addr)
+			c.Send(tc.in)
+			got := c.Closed()
+			if len(got) != 1 || got[0].Raw != tc.want {
+				t.Fatalf("got %v before close, want %s", got, tc.want)
+			}
+		})
+	}
+	// The neighbour is unaffected.
+	cl.Sync()
+}
+
+func TestPresence(t *testing.T) {
+	addr := start(t)
+	cls := users(t, addr, "alice", "bob")
+	alice, bob := cls[0], cls[1]
+	befriend(t, alice, bob, "bob")
+
+	// bob's second device: no second friend_login, and both devices get deliveries.
+	bob2 := chattest.Dial(t, addr)
+	bob2.Login("bob", "pw-bob")
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "to both"}, "success")
+	for _, cl := range []*chattest.Client{bob, bob2} {
+		if m := cl.Want("private_chat"); m.Str("text") != "to both" {
+			t.Fatalf("got %s", m.Raw)
+		}
+	}
+	// One device leaves: no friend_offline yet. The other closes its
+	// socket without a word: now bob is offline.
+	bob.Send(M{"cmd": "offline", "user": "bob"})
+	bob.Want("offline_reply")
+	alice.Sync()
+	bob2.Conn.Close()
+	if m := alice.Want("friend_offline"); m.Raw != `{"cmd":"friend_offline","friend":"bob"}` {
+		t.Fatalf("got %s", m.Raw)
+	}
+	for _, m := range alice.Pending() {
+		if m.Str("cmd") == "friend_offline" || m.Str("cmd") == "friend_login" {
+			t.Fatalf("unexpected presence message before the last session ended: %s", m.Raw)
+		}
+	}
+	// The connection that sent offline stays open and can log in again.
+	bob.Login("bob", "pw-bob")
+	if m := alice.Want("friend_login"); m.Raw != `{"cmd":"friend_login","friend":"bob"}` {
+		t.Fatalf("got %s", m.Raw)
+	}
+	// A second login on another connection does not announce again; the
+	// ping barrier shows nothing else is queued for alice.
+	bob3 := chattest.Dial(t, addr)
+	bob3.Login("bob", "pw-bob")
+	bob3.Expect(M{"cmd": "private_chat", "user_to": "alice", "text": "after"}, "success")
+	if m := alice.Want("private_chat"); m.Str("text") != "after" {
+		t.Fatalf("got %s", m.Raw)
+	}
+	for _, m := range alice.Pending() {
+		t.Fatalf("unexpected %s", m.Raw)
+	}
+}
+
+func TestOfflineMessages(t *testing.T) {
+	addr := start(t)
+	cls := users(t, addr, "alice", "bob")
+	alice, bob := cls[0], cls[1]
+	befriend(t, alice, bob, "bob")
+	bob.Send(M{"cmd": "offline"})
+	bob.Want("offline_reply")
+	alice.Want("friend_offline")
+	texts := []string{"one", "two", "three", "四"}
+	for _, txt := range texts {
+		if m := alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": txt}, "offline"); m.Str("user_to") != "bob" {
+			t.Fatalf("reply %s", m.Raw)
+		}
+	}
+	bob.Send(M{"cmd": "login", "user": "bob", "password": "pw-bob"})
+	if m := bob.Next(); m.Str("cmd") != "login_reply" || m.Str("result") != "success" {
+		t.Fatalf("first message after login is %s, want login_reply", m.Raw)
+	}
+	for _, txt := range texts {
+		m := bob.Next()
+		if m.Str("cmd") != "private_chat" || m.Str("text") != txt || m.Str("user_from") != "alice" {
+			t.Fatalf("got %s, want stored %q", m.Raw, txt)
+		}
+	}
+	// Exactly once: another login finds nothing stored.
+	bob2 := chattest.Dial(t, addr)
+	bob2.Login("bob", "pw-bob")
+	bob2.Sync()
+	if p := bob2.Pending(); len(p) != 0 {
+		t.Fatalf("stored messages delivered twice: %v", p)
+	}
+}
+
+func TestNoWorkerMeansUnavailable(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	e := c.StartEdge()
+	cl := chattest.Dial(t, e.Addr().String())
+	cl.Expect(M{"cmd": "register", "user": "a", "password": "b"}, "unavailable")
+	cl.Expect(M{"cmd": "login", "user": "a", "password": "b"}, "unavailable")
+	cl.Sync()
+}

@@ -1,0 +1,195 @@
+package workers_test
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatd-io/chatd/internal/chattest"
+	"github.com/chatd-io/chatd/workers"
+)
+
+type M = map[string]any
+
+func login(t *testing.T, addr, user string) *chattest.Client {
+	t.Helper()
+	cl := chattest.Dial(t, addr)
+	cl.Login(user, "pw")
+	return cl
+}
+
+func TestLaterWorkerCatchesUpAndServesAlone(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	first := c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	reg := chattest.Dial(t, addr)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		reg.Register(u, "pw")
+	}
+	alice := login(t, addr, "alice")
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	alice.Expect(M{"cmd": "add", "friend": "carol"}, "success")
+	alice.Expect(M{"cmd": "create_group", "group": "g"}, "success")
+	bob := login(t, addr, "bob")
+	bob.Expect(M{"cmd": "add_group", "group": "g"}, "success")
+
+	second := c.StartWorker("")
+	if got, want := second.Store().LastSeq(), first.Store().LastSeq(); got != want {
+		t.Fatalf("new worker joined at event %d, log has %d", got, want)
+	}
+	first.Stop()
+
+	again := chattest.Dial(t, addr)
+	if m := again.Login("alice", "pw"); m.Str("friend") != "bob|carol" || m.Str("group") != "g" {
+		t.Fatalf("after catch-up: %s", m.Raw)
+	}
+	if m := again.Result(M{"cmd": "get_group_member", "group": "g"}); m.Str("member") != "alice|bob" {
+		t.Fatalf("members: %s", m.Raw)
+	}
+	reg.Expect(M{"cmd": "register", "user": "bob", "password": "x"}, "failure")
+	again.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "still here"}, "success")
+	bob.Want("private_chat")
+}
+
+// Writes go to one worker and the next read to another whose store lags
+// far behind; the session's sequence makes the second wait instead of
+// answering from the past.
+func TestReadYourWritesAcrossWorkers(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	reg := chattest.Dial(t, addr)
+	for i := range 10 {
+		reg.Register(fmt.Sprint("a", i), "pw")
+		reg.Register(fmt.Sprint("b", i), "pw")
+	}
+	c.StartWorker("", func(o *workers.Options) { o.ApplyDelay = 20 * time.Millisecond })
+	for i := range 10 {
+		a := login(t, addr, fmt.Sprint("a", i))
+		b := login(t, addr, fmt.Sprint("b", i))
+		a.Expect(M{"cmd": "add", "friend": fmt.Sprint("b", i)}, "success")
+		a.Expect(M{"cmd": "private_chat", "user_to": fmt.Sprint("b", i), "text": "hi"}, "success")
+		// The other side learned of the friendship by notification and
+		// answers at once.
+		b.Want("add_friend_reply")
+		b.Expect(M{"cmd": "private_chat", "user_to": fmt.Sprint("a", i), "text": "hi"}, "success")
+		g := fmt.Sprint("g", i)
+		a.Expect(M{"cmd": "create_group", "group": g}, "success")
+		a.Expect(M{"cmd": "group_chat", "group": g, "text": "first"}, "success")
+		b.Expect(M{"cmd": "add_group", "group": g}, "success")
+		// A list read right after the write that changed it includes the change.
+		if m := b.Result(M{"cmd": "get_group_member", "group": g}); m.Str("member") != chattest.Names(fmt.Sprint("a", i), fmt.Sprint("b", i)) {
+			t.Fatalf("members right after joining: %s", m.Raw)
+		}
+		b.Expect(M{"cmd": "group_chat", "group": g, "text": "me too"}, "success")
+		// A fresh session has seen nothing, yet its answers are not stale
+		// either: negative answers are checked against the log.
+		fresh := login(t, addr, fmt.Sprint("b", i))
+		fresh.Expect(M{"cmd": "get_group_member", "group": g}, "success")
+	}
+}
+
+func TestUniquenessIsDecidedByTheLog(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	const n = 8
+	clients := make([]*chattest.Client, n)
+	for i := range clients {
+		clients[i] = chattest.Dial(t, addr)
+		clients[i].Register(fmt.Sprint("u", i), "pw")
+		clients[i].Login(fmt.Sprint("u", i), "pw")
+	}
+	tests := []struct {
+		name string
+		req  M
+		lose string
+	}{
+		{"register", M{"cmd": "register", "user": "same", "password": "pw"}, "failure"},
+		{"create_group", M{"cmd": "create_group", "group": "same"}, "group_exist"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			results := make([]string, n)
+			var wg sync.WaitGroup
+			for i, cl := range clients {
+				cl.Send(tc.req)
+				wg.Go(func() { results[i] = cl.Want(tc.req["cmd"].(string) + "_reply").Str("result") })
+			}
+			wg.Wait()
+			wins := 0
+			for _, r := range results {
+				switch r {
+				case "success":
+					wins++
+				case tc.lose:
+				default:
+					t.Fatalf("unexpected result %q", r)
+				}
+			}
+			if wins != 1 {
+				t.Fatalf("%d winners among %v", wins, results)
+			}
+		})
+	}
+}
+
+func TestWorkerKilledMidTraffic(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	victim := c.StartWorker("")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	reg := chattest.Dial(t, addr)
+	reg.Register("alice", "pw")
+	reg.Register("bob", "pw")
+	alice := login(t, addr, "alice")
+	bob := login(t, addr, "bob")
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+
+	// Traffic in flight while the worker dies: each answer is success or
+	// unavailable, never a hang.
+	for i := range 20 {
+		alice.Send(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint(i)})
+	}
+	victim.Kill()
+	for range 20 {
+		if r := alice.Want("private_chat_reply").Str("result"); r != "success" && r != "unavailable" {
+			t.Fatalf("in-flight request answered %q", r)
+		}
+	}
+	// Every later request succeeds through the survivor.
+	for i := range 20 {
+		alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint("after ", i)}, "success")
+	}
+	// bob gets the later messages in order, after whichever in-flight ones made it.
+	for next := 0; next < 20; {
+		if m := bob.Want("private_chat"); m.Str("text") == fmt.Sprint("after ", next) {
+			next++
+		}
+	}
+	alice.Expect(M{"cmd": "create_group", "group": "survivors"}, "success")
+	bob.Expect(M{"cmd": "add_group", "group": "survivors"}, "success")
+}
+
+func TestRestartResumesFromStoredSequence(t *testing.T) {
+	brokerDir, workerDir := t.TempDir(), t.TempDir()
+	c := chattest.StartBroker(t, brokerDir)
+	w := c.StartWorker(workerDir)
+	addr := c.StartEdge().Addr().String()
+	reg := chattest.Dial(t, addr)
+	reg.Register("alice", "pw")
+	reg.Register("bob", "pw")
+	alice := login(t, addr, "alice")
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	seq := w.Store().LastSeq()
+	w.Stop()
+
+	w2 := c.StartWorker(workerDir)
+	if got := w2.Store().LastSeq(); got != seq {
+		t.Fatalf("restarted store at %d, want %d", got, seq)
+	}
+	m := login(t, addr, "alice")
+	m.Expect(M{"cmd": "add", "friend": "bob"}, "already_friend")
+}
