@@ -199,8 +199,10 @@ func (a *applier) catchUp(ctx context.Context) error {
 }
 
 // refresh makes a negative answer authoritative: if the log holds an event
-// on subject that this store has not applied yet, wait for it. It reports
-// whether the store may have changed.
+// on subject, wait until the store has applied it. It reports whether the
+// log holds one, in which case the caller must look again: the store may
+// have applied it at any moment since the caller's first look, including
+// just before this check.
 func (a *applier) refresh(ctx context.Context, subject string) (bool, error) {
 	m, err := a.stream.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -208,9 +210,6 @@ func (a *applier) refresh(ctx context.Context, subject string) (bool, error) {
 	}
 	if err != nil {
 		return false, fmt.Errorf("look up %s: %w", subject, err)
-	}
-	if m.Sequence <= a.store.LastSeq() {
-		return false, nil
 	}
 	return true, a.wait(ctx, m.Sequence)
 }

@@ -86,8 +86,8 @@ func (w *Worker) exists(ctx context.Context, subject string, check func() (bool,
 	if err != nil || ok {
 		return ok, err
 	}
-	changed, err := w.applier.refresh(ctx, subject)
-	if err != nil || !changed {
+	logged, err := w.applier.refresh(ctx, subject)
+	if err != nil || !logged {
 		return false, err
 	}
 	return check()
