@@ -78,6 +78,24 @@ func (o *Options) setDefaults() {
 	}
 }
 
+// Validate reports options that cannot work, before anything is started:
+// a command line can be refused before the process dials NATS.
+func (o Options) Validate() error {
+	if o.HashCost != 0 && (o.HashCost < bcrypt.MinCost || o.HashCost > bcrypt.MaxCost) {
+		return fmt.Errorf("workers: hash cost %d outside %d..%d", o.HashCost, bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	if o.Replicas < 0 || o.Replicas > 5 {
+		return fmt.Errorf("workers: replicas %d outside 1..5", o.Replicas)
+	}
+	for name, d := range map[string]time.Duration{"inbox max age": o.InboxMaxAge, "deliver timeout": o.DeliverTimeout,
+		"read wait": o.ReadWait} {
+		if d < 0 {
+			return fmt.Errorf("workers: %s %s is negative", name, d)
+		}
+	}
+	return nil
+}
+
 // Worker is a running command handler.
 type Worker struct {
 	opts    Options
@@ -103,12 +121,12 @@ const ServiceName = "chat-worker"
 // its current end and only then joins the queue group, so a new worker
 // never answers from a partial store.
 func New(ctx context.Context, opts Options) (*Worker, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	opts.setDefaults()
 	if opts.Conn == nil {
 		return nil, errors.New("workers: a NATS connection is required")
-	}
-	if opts.HashCost < bcrypt.MinCost || opts.HashCost > bcrypt.MaxCost {
-		return nil, fmt.Errorf("workers: hash cost %d outside %d..%d", opts.HashCost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
 	w := &Worker{
 		opts:     opts,
@@ -173,6 +191,15 @@ func (w *Worker) start(ctx context.Context) error {
 	if err := w.addService(); err != nil {
 		w.events.Stop()
 		return err
+	}
+	// The server must know the endpoints' subscriptions before anyone is
+	// told this worker is up.
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := w.nc.FlushWithContext(fctx); err != nil {
+		_ = w.svc.Stop()
+		w.events.Stop()
+		return fmt.Errorf("workers: flush: %w", err)
 	}
 	w.ready.Store(true)
 	return nil

@@ -196,6 +196,9 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := wf.options(nil, "", *name, log).Validate(); err != nil {
+		return usageError{err}
+	}
 	b, err := broker.New(broker.Options{Name: *name, Listen: *natsListen, HTTP: *httpAddr, DataDir: *data,
 		Logger: quietNATS(log)})
 	if err != nil {
@@ -294,6 +297,9 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	log, err := fs.logger(stderr)
 	if err != nil {
 		return err
+	}
+	if err := wf.options(nil, *data, *name, log).Validate(); err != nil {
+		return usageError{err}
 	}
 	nc, err := connect(ctx, *natsURL, "chatd-worker "+*name, log)
 	if err != nil {

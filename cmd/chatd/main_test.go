@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chatd-io/chatd/internal/chattest"
+)
+
+type M = map[string]any
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "chatd-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "chatd")
+	if out, err := exec.Command("go", "build", "-race", "-o", binary, ".").CombinedOutput(); err != nil {
+		// -race needs cgo; fall back to a plain build.
+		if out2, err2 := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err2 != nil {
+			fmt.Fprintf(os.Stderr, "build chatd: %v\n%s\n%s", err2, out, out2)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a chatd process under test.
+type proc struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	ready map[string]string // key=value pairs of the ready line
+	log   *bytes.Buffer
+	done  chan error
+}
+
+// startProc runs chatd with args and waits for its ready line.
+func startProc(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), env...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, cmd: cmd, log: new(bytes.Buffer), done: make(chan error, 1)}
+	readyc := make(chan map[string]string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			p.log.WriteString(line + "\n")
+			if strings.Contains(line, `msg="chatd ready"`) {
+				readyc <- parseLogLine(line)
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+		p.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() { p.kill() })
+	select {
+	case p.ready = <-readyc:
+	case err := <-p.done:
+		t.Fatalf("chatd %v exited before ready: %v\n%s", args, err, p.log)
+	case <-time.After(chattest.Timeout):
+		t.Fatalf("chatd %v not ready within %s\n%s", args, chattest.Timeout, p.log)
+	}
+	return p
+}
+
+func parseLogLine(line string) map[string]string {
+	out := map[string]string{}
+	for _, f := range strings.Fields(line) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			out[k] = strings.Trim(v, `"`)
+		}
+	}
+	return out
+}
+
+func (p *proc) kill() {
+	if p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Kill()
+		select {
+		case <-p.done:
+		case <-time.After(chattest.Timeout):
+		}
+	}
+}
+
+// stop sends sig and returns the exit error.
+func (p *proc) stop(sig syscall.Signal) error {
+	p.t.Helper()
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case err := <-p.done:
+		return err
+	case <-time.After(chattest.Timeout):
+		p.t.Fatalf("chatd did not exit on %v\n%s", sig, p.log)
+		return nil
+	}
+}
+
+func TestBadFlagsAreRefused(t *testing.T) {
+	tests := []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{[]string{"--no-such-flag"}, nil, "flag provided but not defined"},
+		{[]string{"fly"}, nil, `unknown command "fly"`},
+		{[]string{"all", "--max-frame", "abc"}, nil, "invalid value"},
+		{[]string{"all", "stray"}, nil, `unexpected argument "stray"`},
+		{[]string{"broker", "--nats-listen", ""}, nil, "--nats-listen is required"},
+		{[]string{"worker", "--hash-cost", "99", "--nats", "nats://127.0.0.1:1"}, nil, "hash cost"},
+		{[]string{"all"}, []string{"CHATD_REQUEST_TIMEOUT=soon"}, "CHATD_REQUEST_TIMEOUT"},
+		{[]string{"all", "--log-level", "loud"}, nil, "--log-level"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			cmd := exec.Command(binary, tc.args...)
+			cmd.Env = append(os.Environ(), tc.env...)
+			cmd.Dir = t.TempDir()
+			out, err := cmd.CombinedOutput()
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() == 0 {
+				t.Fatalf("exit %v, want failure; output:\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tc.want) || strings.Contains(string(out), "goroutine ") {
+				t.Fatalf("output does not say %q (or shows a stack trace):\n%s", tc.want, out)
+			}
+		})
+	}
+}
+
+func TestVersionAndEnvironmentTwins(t *testing.T) {
+	out, err := exec.Command(binary, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "chatd ") {
+		t.Fatalf("version: %q %v", out, err)
+	}
+	dir := t.TempDir()
+	p := startProc(t, []string{"CHATD_LISTEN=127.0.0.1:0", "CHATD_DATA=" + dir, "CHATD_HTTP="})
+	if p.ready["http"] != "off" || p.ready["data"] != dir || !strings.HasPrefix(p.ready["client"], "127.0.0.1:") {
+		t.Fatalf("environment not applied: %v", p.ready)
+	}
+}
+
+// Everything survives kill -9 and a restart on the same data directory,
+// including a message stored for an offline user.
+func TestKillNineAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	args := []string{"all", "--data", dir, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--hash-cost", "4"}
+	p := startProc(t, nil, args...)
+	addr := p.ready["client"]
+	a := chattest.Dial(t, addr)
+	a.Register("alice", "pw")
+	a.Register("bob", "pw")
+	a.Login("alice", "pw")
+	a.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	a.Expect(M{"cmd": "create_group", "group": "g"}, "success")
+	a.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "while you were out"}, "offline")
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+
+	p2 := startProc(t, nil, args...)
+	b := chattest.Dial(t, p2.ready["client"])
+	b.Expect(M{"cmd": "register", "user": "alice", "password": "x"}, "failure")
+	b.Expect(M{"cmd": "login", "user": "bob", "password": "wrong"}, "password_error")
+	m := b.Login("bob", "pw")
+	if m.Str("friend") != "alice" {
+		t.Fatalf("login after restart: %s", m.Raw)
+	}
+	if got := b.Want("private_chat"); got.Str("text") != "while you were out" {
+		t.Fatalf("stored message: %s", got.Raw)
+	}
+	b.Expect(M{"cmd": "add_group", "group": "g"}, "success")
+	if m := b.Result(M{"cmd": "get_group_member", "group": "g"}); m.Str("member") != "alice|bob" {
+		t.Fatalf("members after restart: %s", m.Raw)
+	}
+}
+
+func TestSigtermShutsDownCleanly(t *testing.T) {
+	dir := t.TempDir()
+	args := []string{"all", "--data", dir, "--listen", "127.0.0.1:0", "--http", "", "--hash-cost", "4"}
+	p := startProc(t, nil, args...)
+	cl := chattest.Dial(t, p.ready["client"])
+	cl.Register("alice", "pw")
+	cl.Login("alice", "pw")
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.log)
+	}
+	cl.Closed()
+	// The data directory is released and intact.
+	p2 := startProc(t, nil, args...)
+	chattest.Dial(t, p2.ready["client"]).Login("alice", "pw")
+}
+
+// The roles in separate processes: a broker, an edge and a worker.
+func TestSplitProcesses(t *testing.T) {
+	br := startProc(t, nil, "broker", "--nats-listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", t.TempDir())
+	url := br.ready["nats"]
+	startProc(t, nil, "worker", "--nats", url, "--data", t.TempDir(), "--hash-cost", "4")
+	e1 := startProc(t, nil, "edge", "--nats", url, "--listen", "127.0.0.1:0")
+	e2 := startProc(t, nil, "edge", "--nats", url, "--listen", "127.0.0.1:0")
+	a := chattest.Dial(t, e1.ready["client"])
+	b := chattest.Dial(t, e2.ready["client"])
+	a.Register("alice", "pw")
+	b.Register("bob", "pw")
+	a.Login("alice", "pw")
+	b.Login("bob", "pw")
+	a.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	b.Want("add_friend_reply")
+	a.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "across edges"}, "success")
+	if m := b.Want("private_chat"); m.Str("text") != "across edges" {
+		t.Fatalf("got %s", m.Raw)
+	}
+	b.Conn.Close()
+	a.Want("friend_offline")
+}
