@@ -25,14 +25,18 @@ type conn struct {
 	out  chan []byte
 
 	closeOnce sync.Once
-	done      chan struct{}
+	done      chan struct{} // closed when the socket is closed
+	drainOnce sync.Once
+	draining  chan struct{} // closed when no more requests will be read
+	flushed   chan struct{} // closed when the write loop has stopped
 
 	user string        // bound user; only the read loop touches it
 	seen atomic.Uint64 // highest log sequence this session has observed
 }
 
 func newConn(e *Edge, sock net.Conn) *conn {
-	return &conn{e: e, sock: sock, out: make(chan []byte, e.opts.OutQueue), done: make(chan struct{})}
+	return &conn{e: e, sock: sock, out: make(chan []byte, e.opts.OutQueue), done: make(chan struct{}),
+		draining: make(chan struct{}), flushed: make(chan struct{})}
 }
 
 // Commands a client may send, and the subset allowed before login.
@@ -44,6 +48,7 @@ var (
 	beforeLogin = map[string]bool{"register": true, "login": true, "ping": true}
 )
 
+// close drops the connection at once; whatever is still queued is lost.
 func (c *conn) close() {
 	c.closeOnce.Do(func() {
 		close(c.done)
@@ -75,13 +80,25 @@ func (c *conn) observe(seq uint64) {
 
 func (c *conn) writeLoop() {
 	defer c.e.wg.Done()
+	defer close(c.flushed)
 	for {
 		select {
 		case line := <-c.out:
-			_ = c.sock.SetWriteDeadline(time.Now().Add(c.e.opts.WriteTimeout))
-			if _, err := c.sock.Write(line); err != nil {
-				c.close()
+			if !c.write(line) {
 				return
+			}
+		case <-c.draining:
+			// The client stopped sending (or broke the protocol): what
+			// was already answered still reaches it.
+			for {
+				select {
+				case line := <-c.out:
+					if !c.write(line) {
+						return
+					}
+				default:
+					return
+				}
 			}
 		case <-c.done:
 			return
@@ -89,15 +106,26 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// fatal writes a last error straight to the socket and closes it: after
-// an oversized or malformed frame the byte stream cannot be resynchronised.
-// The rest of the client's input is read and dropped for a moment before
-// closing: closing with unread input makes the kernel send a reset, which
-// can destroy the error line before the client reads it.
-func (c *conn) fatal(result string) {
-	_ = c.sock.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = c.sock.Write(errorLine(result, ""))
-	if tc, ok := c.sock.(*net.TCPConn); ok {
+func (c *conn) write(line []byte) bool {
+	_ = c.sock.SetWriteDeadline(time.Now().Add(c.e.opts.WriteTimeout))
+	if _, err := c.sock.Write(line); err != nil {
+		c.close()
+		return false
+	}
+	return true
+}
+
+// finish ends the connection after everything queued has been written.
+// With lingerRead, the client's remaining input is read and dropped for a
+// moment before closing: closing with unread input makes the kernel send a
+// reset, which can destroy the last lines before the client reads them.
+func (c *conn) finish(lingerRead bool) {
+	c.drainOnce.Do(func() { close(c.draining) })
+	select {
+	case <-c.flushed:
+	case <-c.done:
+	}
+	if tc, ok := c.sock.(*net.TCPConn); ok && lingerRead {
 		_ = tc.CloseWrite()
 		_ = tc.SetReadDeadline(time.Now().Add(time.Second))
 		_, _ = io.Copy(io.Discard, io.LimitReader(tc, 4<<20))
@@ -108,32 +136,40 @@ func (c *conn) fatal(result string) {
 func (c *conn) readLoop() {
 	defer c.e.wg.Done()
 	defer c.e.forget(c)
-	defer c.logout(context.Background())
-	defer c.close()
 	dec := proto.NewDecoder(c.sock, c.e.opts.MaxFrame)
 	for {
 		frame, err := dec.Next()
 		switch {
 		case errors.Is(err, proto.ErrTooLarge):
-			c.fatal("too_large")
+			c.stop("too_large")
 			return
-		case errors.Is(err, proto.ErrSyntax):
-			c.fatal("invalid_json")
+		case errors.Is(err, proto.ErrSyntax), err == nil && !json.Valid(frame):
+			c.stop("invalid_json")
 			return
 		case err != nil:
-			return
-		}
-		if !json.Valid(frame) {
-			c.fatal("invalid_json")
+			c.stop("")
 			return
 		}
 		c.handle(frame)
 		select {
 		case <-c.done:
+			c.stop("")
 			return
 		default:
 		}
 	}
+}
+
+// stop ends the session, then the connection, with a last error line when
+// the client broke the protocol: the byte stream cannot be resynchronised.
+func (c *conn) stop(fatal string) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.e.opts.RequestTimeout)
+	defer cancel()
+	c.logout(ctx)
+	if fatal != "" {
+		c.send(errorLine(fatal, ""))
+	}
+	c.finish(fatal != "")
 }
 
 // head is the part of a request the edge itself looks at.
@@ -178,7 +214,7 @@ func (c *conn) forward(cmd string, id json.RawMessage, frame []byte) {
 		m.Header.Set(proto.HdrSeq, strconv.FormatUint(s, 10))
 	}
 	m.Data = frame
-	reply, err := c.e.nc.RequestMsgWithContext(ctx, m)
+	reply, err := c.e.request(ctx, m)
 	if err != nil || len(reply.Data) == 0 || reply.Data[0] != '{' {
 		c.e.log.Warn("no answer from workers", "cmd", cmd, "err", err)
 		c.reply(id, unavailable(cmd, frame))
@@ -257,7 +293,7 @@ func (c *conn) presenceFor(ctx context.Context, user string, online bool) {
 	m := nats.NewMsg(proto.InternalPrefix + "presence")
 	m.Header.Set(proto.HdrUser, user)
 	m.Data = []byte(`{"online":` + strconv.FormatBool(online) + `}`)
-	if _, err := c.e.nc.RequestMsgWithContext(ctx, m); err != nil {
+	if _, err := c.e.request(ctx, m); err != nil {
 		c.e.log.Warn("presence update failed", "user", user, "online", online, "err", err)
 	}
 }

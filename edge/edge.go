@@ -42,7 +42,11 @@ type Options struct {
 	OutQueue int
 	// WriteTimeout disconnects a client whose socket accepts nothing for this long.
 	WriteTimeout time.Duration
-	Logger       *slog.Logger
+	// KeepAlive is the idle time before TCP keepalive probes start; a peer
+	// that vanished without a FIN or RST (power loss, a dropped NAT entry)
+	// is noticed about KeepAlive+30s later and its session ends.
+	KeepAlive time.Duration
+	Logger    *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -63,6 +67,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = 10 * time.Second
+	}
+	if o.KeepAlive == 0 {
+		o.KeepAlive = 30 * time.Second
 	}
 }
 
@@ -135,6 +142,10 @@ func (e *Edge) Serve() error {
 				continue
 			}
 			return fmt.Errorf("edge: accept: %w", err)
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: e.opts.KeepAlive,
+				Interval: 10 * time.Second, Count: 3})
 		}
 		c := newConn(e, nc)
 		e.mu.Lock()
@@ -255,6 +266,26 @@ func (e *Edge) unbind(ctx context.Context, c *conn, user string) bool {
 	return !e.held(ctx, user)
 }
 
+// request sends m to the workers. While no worker is subscribed (one is
+// restarting, or interest has not yet crossed a cluster) it retries with
+// a growing pause until ctx ends, so a rolling restart costs clients a
+// short wait rather than an error.
+func (e *Edge) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+	pause := 20 * time.Millisecond
+	for {
+		reply, err := e.nc.RequestMsgWithContext(ctx, m)
+		if !errors.Is(err, nats.ErrNoResponders) {
+			return reply, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 500*time.Millisecond)
+	}
+}
+
 // held asks whether any edge holds a session of user. "No responders" is
 // NATS telling us nobody subscribes to the user's subject; an edge that is
 // there but slow still counts as holding.
@@ -340,7 +371,7 @@ func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn) {
 		m := nats.NewMsg(proto.InternalPrefix + "inbox")
 		m.Header.Set(proto.HdrUser, user)
 		m.Data = []byte("{}")
-		reply, err := e.nc.RequestMsgWithContext(ctx, m)
+		reply, err := e.request(ctx, m)
 		if err != nil {
 			e.log.Warn("fetching offline messages failed", "user", user, "err", err)
 			return

@@ -1,9 +1,12 @@
 package edge_test
 
 import (
+	"net"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/chatd-io/chatd/edge"
 	"github.com/chatd-io/chatd/internal/chattest"
 )
 
@@ -323,6 +326,18 @@ func TestFraming(t *testing.T) {
 	}
 	// The neighbour is unaffected.
 	cl.Sync()
+
+	// A client that sends its requests and shuts its side of the socket
+	// (nc -N, a script) still gets every answer before the server closes.
+	c := chattest.Dial(t, addr)
+	c.Send(`{"cmd":"login","user":"alice","password":"pw"}{"cmd":"get_group_member","group":"x"}{"cmd":"ping"}`)
+	if err := c.Conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got := c.Closed()
+	if len(got) != 3 || got[0].Str("cmd") != "login_reply" || got[1].Str("cmd") != "get_group_member_reply" || got[2].Raw != `{"cmd":"pong"}` {
+		t.Fatalf("after a half-close: %v", got)
+	}
 }
 
 func TestPresence(t *testing.T) {
@@ -370,6 +385,15 @@ func TestPresence(t *testing.T) {
 	for _, m := range alice.Pending() {
 		t.Fatalf("unexpected %s", m.Raw)
 	}
+	// A socket that dies (reset by the peer, no offline, no FIN) ends its
+	// session too.
+	bob.Send(M{"cmd": "offline"})
+	bob.Want("offline_reply")
+	bob3.Conn.(*net.TCPConn).SetLinger(0)
+	bob3.Conn.Close()
+	if m := alice.Want("friend_offline"); m.Str("friend") != "bob" {
+		t.Fatalf("got %s", m.Raw)
+	}
 }
 
 func TestOfflineMessages(t *testing.T) {
@@ -407,7 +431,7 @@ func TestOfflineMessages(t *testing.T) {
 
 func TestNoWorkerMeansUnavailable(t *testing.T) {
 	c := chattest.StartBroker(t, "")
-	e := c.StartEdge()
+	e := c.StartEdge(func(o *edge.Options) { o.RequestTimeout = time.Second })
 	cl := chattest.Dial(t, e.Addr().String())
 	cl.Expect(M{"cmd": "register", "user": "a", "password": "b"}, "unavailable")
 	cl.Expect(M{"cmd": "login", "user": "a", "password": "b"}, "unavailable")
