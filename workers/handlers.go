@@ -17,12 +17,8 @@ import (
 	"github.com/chatd-io/chatd/storage"
 )
 
-// Internal endpoint names (under proto.InternalPrefix).
-const (
-	IntPresence = "presence"
-	IntInbox    = "inbox"
-	inboxBatch  = 100
-)
+// inboxBatch is how many stored messages one claim hands out.
+const inboxBatch = 100
 
 func (w *Worker) commands() map[string]handler {
 	return map[string]handler{
@@ -34,13 +30,15 @@ func (w *Worker) commands() map[string]handler {
 		"private_chat":     w.loggedIn(w.privateChat),
 		"group_chat":       w.loggedIn(w.groupChat),
 		"get_group_member": w.loggedIn(w.groupMembers),
+		"send_file":        w.loggedIn(w.sendFile),
 	}
 }
 
 func (w *Worker) internal() map[string]handler {
 	return map[string]handler{
-		IntPresence: w.loggedIn(w.presence),
-		IntInbox:    w.loggedIn(w.claimInbox),
+		proto.IntPresence:   w.loggedIn(w.presence),
+		proto.IntInbox:      w.loggedIn(w.claimInbox),
+		proto.IntFileStored: w.loggedIn(w.fileStored),
 	}
 }
 
@@ -165,6 +163,9 @@ func (w *Worker) login(ctx context.Context, c *call) ([]byte, error) {
 	}
 	if !okPass || cmpErr != nil {
 		return result(c.cmd, "password_error"), nil
+	}
+	if err := w.applier.catchUp(ctx); err != nil {
+		return nil, err
 	}
 	friends, err := w.store.Friends(user)
 	if err != nil {
@@ -325,6 +326,11 @@ func (w *Worker) groupMembers(ctx context.Context, c *call) ([]byte, error) {
 	if ok, err := w.groupExists(ctx, group); err != nil || !ok {
 		return result(c.cmd, "group_not_exist", "group", group, "member", ""), err
 	}
+	// Someone may have joined through another worker a moment ago; a
+	// list is answered from a store that has seen the whole log.
+	if err := w.applier.catchUp(ctx); err != nil {
+		return nil, err
+	}
 	members, err := w.store.Members(group)
 	if err != nil {
 		return nil, err
@@ -405,8 +411,15 @@ func (w *Worker) deliver(ctx context.Context, user string, msg []byte) (bool, er
 	if err := w.inbox.put(ctx, user, msg); err != nil {
 		return false, err
 	}
-	nudge := nats.NewMsg(proto.UserSubject(user))
-	nudge.Header.Set(proto.HdrKind, proto.KindInbox)
-	_ = w.nc.PublishMsg(nudge)
+	w.nudge(user)
 	return false, nil
+}
+
+// nudge tells any session of user to fetch its stored messages.
+func (w *Worker) nudge(user string) {
+	m := nats.NewMsg(proto.UserSubject(user))
+	m.Header.Set(proto.HdrKind, proto.KindInbox)
+	if err := w.nc.PublishMsg(m); err != nil {
+		w.log.Warn("nudge failed", "user", user, "err", err)
+	}
 }

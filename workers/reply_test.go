@@ -5,17 +5,6 @@ import (
 	"testing"
 )
 
-func TestObjKeepsOrderAndEscapes(t *testing.T) {
-	got := string(obj("cmd", "x_reply", "result", "success", "text", "a\"b\n<", "n", 3))
-	want := `{"cmd":"x_reply","result":"success","text":"a\"b\n\u003c","n":3}`
-	if got != want {
-		t.Fatalf("got %s\nwant %s", got, want)
-	}
-	if !json.Valid([]byte(got)) {
-		t.Fatal("invalid JSON")
-	}
-}
-
 func TestFieldsStr(t *testing.T) {
 	var f fields
 	if err := json.Unmarshal([]byte(`{"a":"x","b":1,"c":null}`), &f); err != nil {

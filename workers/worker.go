@@ -41,6 +41,8 @@ type Options struct {
 	Replicas int
 	// InboxMaxAge is how long messages for offline users are kept.
 	InboxMaxAge time.Duration
+	// FileMaxAge is how long files for offline users are kept.
+	FileMaxAge time.Duration
 	// DeliverTimeout bounds the wait for a recipient's edge to take a message.
 	DeliverTimeout time.Duration
 	// ReadWait bounds the wait for this store to reach a sequence a session
@@ -63,6 +65,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.InboxMaxAge == 0 {
 		o.InboxMaxAge = 30 * 24 * time.Hour
+	}
+	if o.FileMaxAge == 0 {
+		o.FileMaxAge = 7 * 24 * time.Hour
 	}
 	if o.DeliverTimeout == 0 {
 		o.DeliverTimeout = 2 * time.Second
@@ -87,7 +92,7 @@ func (o Options) Validate() error {
 	if o.Replicas < 0 || o.Replicas > 5 {
 		return fmt.Errorf("workers: replicas %d outside 1..5", o.Replicas)
 	}
-	for name, d := range map[string]time.Duration{"inbox max age": o.InboxMaxAge, "deliver timeout": o.DeliverTimeout,
+	for name, d := range map[string]time.Duration{"inbox max age": o.InboxMaxAge, "file max age": o.FileMaxAge, "deliver timeout": o.DeliverTimeout,
 		"read wait": o.ReadWait} {
 		if d < 0 {
 			return fmt.Errorf("workers: %s %s is negative", name, d)
@@ -158,6 +163,9 @@ func (w *Worker) start(ctx context.Context) error {
 	}
 	w.js = js
 	if err := ensureStreams(ctx, js, w.opts.Replicas, w.opts.InboxMaxAge); err != nil {
+		return fmt.Errorf("workers: %w", err)
+	}
+	if err := ensureFileBucket(ctx, js, w.opts.Replicas, w.opts.FileMaxAge); err != nil {
 		return fmt.Errorf("workers: %w", err)
 	}
 	evs, err := js.Stream(ctx, EventStream)
@@ -275,13 +283,16 @@ func (w *Worker) closeStore() error {
 
 // call is one request being handled.
 type call struct {
-	cmd     string
-	user    string // the session's user, from the edge; "" before login
-	f       fields
-	seq     uint64 // log sequence the reply reflects
-	bind    string // on a successful login, the user the session becomes
-	more    bool   // on an inbox reply, more messages wait
-	isError bool   // count as an error in service stats
+	cmd       string
+	user      string // the session's user, from the edge; "" before login
+	body      []byte
+	f         fields
+	transfer  string // send_file: the transfer ID the sender's edge chose
+	offlineOK bool   // send_file: the sender accepts storing the file
+	seq       uint64 // log sequence the reply reflects
+	bind      string // on a successful login, the user the session becomes
+	more      bool   // on an inbox reply, more messages wait
+	isError   bool   // count as an error in service stats
 }
 
 type handler func(ctx context.Context, c *call) ([]byte, error)
@@ -304,7 +315,8 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 	ctx, cancel := context.WithTimeout(context.Background(), w.opts.ReadWait+w.opts.DeliverTimeout+time.Second)
 	defer cancel()
 	hdr := req.Headers()
-	c := &call{cmd: cmd, user: hdr.Get(proto.HdrUser)}
+	c := &call{cmd: cmd, user: hdr.Get(proto.HdrUser), body: req.Data(),
+		transfer: hdr.Get(proto.HdrTransfer), offlineOK: hdr.Get(proto.HdrOffline) != ""}
 	var body []byte
 	var err error
 	if seen, _ := strconv.ParseUint(hdr.Get(proto.HdrSeq), 10, 64); seen > 0 {
@@ -330,6 +342,10 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 	out := micro.Headers{}
 	if c.seq == 0 {
 		c.seq = w.store.LastSeq()
+	} else if err := w.applier.wait(ctx, c.seq); err != nil {
+		// The write is in the log and will be applied; only this
+		// worker's next answers may lag until it is.
+		w.log.Warn("own write not applied before replying", "cmd", cmd, "err", err)
 	}
 	out[proto.HdrSeq] = []string{strconv.FormatUint(c.seq, 10)}
 	if c.bind != "" {

@@ -57,6 +57,16 @@ const (
 	WorkerQueue = "chat-workers"
 )
 
+// Internal endpoints, under InternalPrefix.
+const (
+	// IntPresence tells a user's friends that the user came or went.
+	IntPresence = "presence"
+	// IntInbox claims a batch of the user's stored messages.
+	IntInbox = "inbox"
+	// IntFileStored queues a stored file's offer for its recipient.
+	IntFileStored = "file_stored"
+)
+
 // UserSubject returns the delivery subject for a user.
 func UserSubject(user string) string { return UserPrefix + Token(user) }
 

@@ -33,3 +33,37 @@ func TestTokenIsOneSubjectToken(t *testing.T) {
 		t.Fatal("distinct names share a token")
 	}
 }
+
+func TestFileLength(t *testing.T) {
+	tests := []struct {
+		raw  string
+		max  int64
+		want int64
+		ok   bool
+	}{
+		{`1024`, 1 << 32, 1024, true},
+		{`"1024"`, 1 << 32, 1024, true},
+		{`0`, 10, 0, true},
+		{`"0"`, 10, 0, true},
+		{`10`, 10, 10, true},
+		{`11`, 10, 0, false},
+		{`-1`, 10, 0, false},
+		{`"-1"`, 10, 0, false},
+		{`1.5`, 10, 0, false},
+		{`1e3`, 1 << 20, 0, false},
+		{`""`, 10, 0, false},
+		{`" 5"`, 10, 0, false},
+		{`"5a"`, 10, 0, false},
+		{`null`, 10, 0, false},
+		{`true`, 10, 0, false},
+		{`[1]`, 10, 0, false},
+		{`99999999999999999999`, 1 << 62, 0, false},
+		{``, 10, 0, false},
+	}
+	for _, tc := range tests {
+		got, ok := FileLength([]byte(tc.raw), tc.max)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("FileLength(%s, %d) = %d, %v; want %d, %v", tc.raw, tc.max, got, ok, tc.want, tc.ok)
+		}
+	}
+}
