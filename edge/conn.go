@@ -196,7 +196,7 @@ func (c *conn) handle(frame []byte) {
 	case cmd == "offline":
 		c.offline(id, frame)
 	case cmd == "send_file":
-		c.reply(id, resultLine(cmd, "unavailable"))
+		c.sendFile(id, frame)
 	default:
 		c.forward(cmd, id, frame)
 	}
@@ -206,7 +206,26 @@ func (c *conn) handle(frame []byte) {
 func (c *conn) forward(cmd string, id json.RawMessage, frame []byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.e.opts.RequestTimeout)
 	defer cancel()
+	reply := c.ask(ctx, cmd, frame, nil)
+	if reply == nil {
+		c.reply(id, unavailable(cmd, frame))
+		return
+	}
+	if bind := reply.Header.Get(proto.HdrBind); cmd == "login" && bind != "" {
+		c.login(ctx, id, bind, reply.Data)
+		return
+	}
+	c.reply(id, reply.Data)
+}
+
+// ask sends a client's request to the workers on behalf of the session,
+// with the sequence the session has seen, and returns the reply, or nil
+// when no worker answered in time.
+func (c *conn) ask(ctx context.Context, cmd string, frame []byte, hdr nats.Header) *nats.Msg {
 	m := nats.NewMsg(proto.CmdPrefix + cmd)
+	for k, v := range hdr {
+		m.Header[k] = v
+	}
 	if c.user != "" {
 		m.Header.Set(proto.HdrUser, c.user)
 	}
@@ -217,17 +236,11 @@ func (c *conn) forward(cmd string, id json.RawMessage, frame []byte) {
 	reply, err := c.e.request(ctx, m)
 	if err != nil || len(reply.Data) == 0 || reply.Data[0] != '{' {
 		c.e.log.Warn("no answer from workers", "cmd", cmd, "err", err)
-		c.reply(id, unavailable(cmd, frame))
-		return
+		return nil
 	}
 	seq, _ := strconv.ParseUint(reply.Header.Get(proto.HdrSeq), 10, 64)
 	c.observe(seq)
-	bind := reply.Header.Get(proto.HdrBind)
-	if cmd != "login" || bind == "" {
-		c.reply(id, reply.Data)
-		return
-	}
-	c.login(ctx, id, bind, reply.Data)
+	return reply
 }
 
 // login binds the session after the worker accepted the password. Order
@@ -290,7 +303,7 @@ func (c *conn) presence(ctx context.Context, online bool) { c.presenceFor(ctx, c
 func (c *conn) presenceFor(ctx context.Context, user string, online bool) {
 	ctx, cancel := context.WithTimeout(ctx, c.e.opts.RequestTimeout)
 	defer cancel()
-	m := nats.NewMsg(proto.InternalPrefix + "presence")
+	m := nats.NewMsg(proto.InternalPrefix + proto.IntPresence)
 	m.Header.Set(proto.HdrUser, user)
 	m.Data = []byte(`{"online":` + strconv.FormatBool(online) + `}`)
 	if _, err := c.e.request(ctx, m); err != nil {

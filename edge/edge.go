@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/chatd-io/chatd/internal/proto"
 )
@@ -46,7 +48,15 @@ type Options struct {
 	// that vanished without a FIN or RST (power loss, a dropped NAT entry)
 	// is noticed about KeepAlive+30s later and its session ends.
 	KeepAlive time.Duration
-	Logger    *slog.Logger
+	// FilePortLo..FilePortHi is the range file transfer ports are taken
+	// from; zero disables send_file.
+	FilePortLo, FilePortHi int
+	// FileTimeout bounds the wait for a client to connect to its file
+	// port, and any stall of a transfer once started.
+	FileTimeout time.Duration
+	// FileMaxSize is the largest file accepted, in bytes.
+	FileMaxSize int64
+	Logger      *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -71,6 +81,25 @@ func (o *Options) setDefaults() {
 	if o.KeepAlive == 0 {
 		o.KeepAlive = 30 * time.Second
 	}
+	if o.FileTimeout == 0 {
+		o.FileTimeout = 10 * time.Second
+	}
+	if o.FileMaxSize == 0 {
+		o.FileMaxSize = 4 << 30
+	}
+}
+
+// Validate reports options that cannot work.
+func (o Options) Validate() error {
+	if o.FilePortLo != 0 || o.FilePortHi != 0 {
+		if o.FilePortLo < 1 || o.FilePortHi > 65535 || o.FilePortLo > o.FilePortHi {
+			return fmt.Errorf("edge: file port range %d-%d is not within 1-65535, low to high", o.FilePortLo, o.FilePortHi)
+		}
+	}
+	if o.FileMaxSize < 0 || o.FileTimeout < 0 || o.RequestTimeout < 0 || o.MaxFrame < 0 || o.OutQueue < 0 {
+		return errors.New("edge: negative limit")
+	}
+	return nil
 }
 
 // Edge is a running client listener.
@@ -78,45 +107,71 @@ type Edge struct {
 	opts Options
 	log  *slog.Logger
 	nc   *nats.Conn
+	js   jetstream.JetStream
 	ln   net.Listener
+	// id names this edge instance on NATS: workers address file offers
+	// to it, and probes of a user's subject are answered with it.
+	id       string
+	files    *portRange // nil when file transfer is off
+	offerSub *nats.Subscription
 
 	// deliveries is shared by every per-user subscription: one dispatcher
 	// goroutine serves them all instead of one goroutine per user.
 	deliveries chan *nats.Msg
 
-	mu    sync.Mutex
-	users map[string]*userEntry
-	conns map[*conn]struct{}
+	mu        sync.Mutex
+	users     map[string]*userEntry
+	conns     map[*conn]struct{}
+	transfers map[*transfer]struct{}
+	serial    uint64 // orders sessions by login, newest highest
 
 	closing chan struct{}
 	wg      sync.WaitGroup
 }
 
-// userEntry is one user's sessions on this edge and their subscription.
+// userEntry is one user's sessions on this edge, each with its login
+// serial, and their subscription.
 type userEntry struct {
-	sessions map[*conn]struct{}
+	sessions map[*conn]uint64
 	sub      *nats.Subscription
 }
 
 // New starts listening. Serve must be called to accept clients.
 func New(opts Options) (*Edge, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	opts.setDefaults()
 	if opts.Conn == nil {
 		return nil, errors.New("edge: a NATS connection is required")
 	}
-	ln, err := net.Listen("tcp", opts.Listen)
+	js, err := jetstream.New(opts.Conn)
 	if err != nil {
-		return nil, fmt.Errorf("edge: %w", err)
+		return nil, fmt.Errorf("edge: jetstream: %w", err)
 	}
 	e := &Edge{
 		opts:       opts,
 		log:        opts.Logger,
 		nc:         opts.Conn,
-		ln:         ln,
+		js:         js,
+		id:         nuid.Next(),
 		deliveries: make(chan *nats.Msg, 1<<16),
 		users:      make(map[string]*userEntry),
 		conns:      make(map[*conn]struct{}),
+		transfers:  make(map[*transfer]struct{}),
 		closing:    make(chan struct{}),
+	}
+	if opts.FilePortLo > 0 {
+		e.files = &portRange{lo: opts.FilePortLo, hi: opts.FilePortHi}
+		if e.offerSub, err = e.nc.Subscribe(proto.EdgeFileSubject(e.id), e.takeOffer); err != nil {
+			return nil, fmt.Errorf("edge: file offers: %w", err)
+		}
+	}
+	if e.ln, err = net.Listen("tcp", opts.Listen); err != nil {
+		if e.offerSub != nil {
+			_ = e.offerSub.Unsubscribe()
+		}
+		return nil, fmt.Errorf("edge: %w", err)
 	}
 	e.wg.Add(1)
 	go e.dispatch()
@@ -166,11 +221,21 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		close(e.closing)
 	}
 	err := e.ln.Close()
+	if e.offerSub != nil {
+		_ = e.offerSub.Unsubscribe()
+	}
 	e.mu.Lock()
 	for c := range e.conns {
 		c.close()
 	}
+	transfers := make([]*transfer, 0, len(e.transfers))
+	for t := range e.transfers {
+		transfers = append(transfers, t)
+	}
 	e.mu.Unlock()
+	for _, t := range transfers {
+		t.end("aborted", true)
+	}
 	done := make(chan struct{})
 	go func() { e.wg.Wait(); close(done) }()
 	select {
@@ -208,12 +273,13 @@ func (e *Edge) forget(c *conn) {
 // delivery published after the login reply cannot miss it.
 func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bool, err error) {
 	e.mu.Lock()
+	e.serial++
 	if u, ok := e.users[user]; ok {
-		u.sessions[c] = struct{}{}
+		u.sessions[c] = e.serial
 		e.mu.Unlock()
 		return false, nil
 	}
-	u := &userEntry{sessions: map[*conn]struct{}{c: {}}}
+	u := &userEntry{sessions: map[*conn]uint64{c: e.serial}}
 	e.users[user] = u
 	e.mu.Unlock()
 
@@ -313,6 +379,25 @@ func (e *Edge) sessionsOf(user string) []*conn {
 	return out
 }
 
+// newestSession returns the user's most recent session on this edge: the
+// one a file offer goes to.
+func (e *Edge) newestSession(user string) *conn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	u, ok := e.users[user]
+	if !ok {
+		return nil
+	}
+	var best *conn
+	var serial uint64
+	for c, s := range u.sessions {
+		if s > serial {
+			best, serial = c, s
+		}
+	}
+	return best
+}
+
 // dispatch serves every per-user subscription.
 func (e *Edge) dispatch() {
 	defer e.wg.Done()
@@ -336,7 +421,9 @@ func (e *Edge) deliver(m *nats.Msg) {
 	switch m.Header.Get(proto.HdrKind) {
 	case proto.KindProbe:
 		if len(sessions) > 0 && m.Reply != "" {
-			_ = m.Respond(nil)
+			r := nats.NewMsg(m.Reply)
+			r.Header.Set(proto.HdrEdge, e.id)
+			_ = m.RespondMsg(r)
 		}
 	case proto.KindInbox:
 		if len(sessions) > 0 {
@@ -368,7 +455,7 @@ func (e *Edge) deliver(m *nats.Msg) {
 // fetchInbox claims the user's stored messages and writes them to sessions.
 func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn) {
 	for {
-		m := nats.NewMsg(proto.InternalPrefix + "inbox")
+		m := nats.NewMsg(proto.InternalPrefix + proto.IntInbox)
 		m.Header.Set(proto.HdrUser, user)
 		m.Data = []byte("{}")
 		reply, err := e.request(ctx, m)
@@ -377,6 +464,12 @@ func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn) {
 			return
 		}
 		for _, line := range splitLines(reply.Data) {
+			if isStoredOffer(line) {
+				if c := newest(sessions, e.newestSession(user)); c != nil {
+					e.offerStored(c, user, line)
+				}
+				continue
+			}
 			for _, c := range sessions {
 				c.send(line)
 			}
@@ -385,6 +478,20 @@ func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn) {
 			return
 		}
 	}
+}
+
+// newest picks the session a stored file goes to: the newest of the
+// user's sessions when it is among those being served, else the first.
+func newest(sessions []*conn, newest *conn) *conn {
+	for _, c := range sessions {
+		if c == newest {
+			return c
+		}
+	}
+	if len(sessions) > 0 {
+		return sessions[0]
+	}
+	return nil
 }
 
 // splitLines splits b into lines, each with its own '\n' terminator.

@@ -141,34 +141,45 @@ type edgeFlags struct {
 	listen         string
 	maxFrame       int
 	requestTimeout time.Duration
+	filePorts      portRange
+	fileTimeout    time.Duration
+	fileMax        byteSize
 }
 
 func (f *edgeFlags) register(fs *flagSet, listen string) {
 	fs.StringVar(&f.listen, "listen", listen, "client TCP address")
 	fs.IntVar(&f.maxFrame, "max-frame", proto.DefaultMaxFrame, "largest client JSON object in bytes")
 	fs.DurationVar(&f.requestTimeout, "request-timeout", 5*time.Second, "how long a client waits for a worker before \"unavailable\"")
+	f.filePorts = portRange{8100, 8199}
+	fs.Var(&f.filePorts, "file-ports", "file transfer port range LO-HI on the client address; \"off\" disables send_file")
+	fs.DurationVar(&f.fileTimeout, "file-timeout", 10*time.Second, "how long a file transfer waits for a client to connect, or for any progress")
+	f.fileMax = 4 << 30
+	fs.Var(&f.fileMax, "file-max", "largest file accepted (bytes, or with KiB, MiB, GiB)")
 }
 
 func (f *edgeFlags) options(nc *nats.Conn, name string, log *slog.Logger) edge.Options {
 	return edge.Options{Listen: f.listen, Conn: nc, Name: name, MaxFrame: f.maxFrame,
-		RequestTimeout: f.requestTimeout, Logger: log.With("role", "edge")}
+		RequestTimeout: f.requestTimeout, FilePortLo: f.filePorts.lo, FilePortHi: f.filePorts.hi,
+		FileTimeout: f.fileTimeout, FileMaxSize: int64(f.fileMax), Logger: log.With("role", "edge")}
 }
 
 type workerFlags struct {
 	hashCost int
 	replicas int
 	inboxAge time.Duration
+	fileAge  time.Duration
 }
 
 func (f *workerFlags) register(fs *flagSet) {
 	fs.IntVar(&f.hashCost, "hash-cost", 10, "bcrypt cost for new passwords (4 is for benchmarks only)")
 	fs.IntVar(&f.replicas, "replicas", 1, "JetStream replicas for the streams (3 in a production cluster)")
 	fs.DurationVar(&f.inboxAge, "inbox-max-age", 30*24*time.Hour, "how long messages for offline users are kept")
+	fs.DurationVar(&f.fileAge, "file-max-age", 7*24*time.Hour, "how long files for offline users are kept")
 }
 
 func (f *workerFlags) options(nc *nats.Conn, dir, name string, log *slog.Logger) workers.Options {
 	return workers.Options{Conn: nc, DataDir: dir, Name: name, Version: version, HashCost: f.hashCost,
-		Replicas: f.replicas, InboxMaxAge: f.inboxAge, Logger: log.With("role", "worker")}
+		Replicas: f.replicas, InboxMaxAge: f.inboxAge, FileMaxAge: f.fileAge, Logger: log.With("role", "worker")}
 }
 
 func hostname() string {

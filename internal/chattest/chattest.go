@@ -319,3 +319,41 @@ func (cl *Client) Register(user, password string) {
 
 // Names joins names the way list replies do, for comparisons.
 func Names(s ...string) string { return strings.Join(s, "|") }
+
+// Port reads a port number field.
+func (m Msg) Port() int {
+	p, _ := m.Fields["port"].(float64)
+	return int(p)
+}
+
+// FilePort connects to a file transfer port on the host cl is connected to,
+// as the seed client does.
+func (cl *Client) FilePort(port int) net.Conn {
+	cl.t.Helper()
+	host, _, _ := net.SplitHostPort(cl.Conn.RemoteAddr().String())
+	c, err := net.DialTimeout("tcp", net.JoinHostPort(host, fmt.Sprint(port)), Timeout)
+	if err != nil {
+		cl.t.Fatalf("dial file port %d: %v", port, err)
+	}
+	cl.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// ReadAll reads c until the server closes it, failing after Timeout.
+func ReadAll(t testing.TB, c net.Conn) []byte {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(Timeout))
+	var buf []byte
+	tmp := make([]byte, 256<<10)
+	for {
+		n, err := c.Read(tmp)
+		buf = append(buf, tmp[:n]...)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("file connection still open after %s (read %d bytes)", Timeout, len(buf))
+			}
+			return buf
+		}
+	}
+}
