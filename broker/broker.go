@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -28,6 +30,21 @@ type Options struct {
 	HTTP string
 	// DataDir holds the JetStream store.
 	DataDir string
+	// NoJetStream runs the server without JetStream: a region's leaf
+	// server then sends its clients' JetStream requests to the hub.
+	NoJetStream bool
+	// JetStreamDomain names this server's JetStream; clients in another
+	// region reach it across leaf nodes by that name.
+	JetStreamDomain string
+	// ClusterName, ClusterListen and Routes join servers into a cluster
+	// (full mesh of routes); streams may then be replicated.
+	ClusterName   string
+	ClusterListen string
+	Routes        []string
+	// LeafListen accepts leaf node connections from other regions;
+	// LeafRemotes connects this server to a hub as a leaf node.
+	LeafListen  string
+	LeafRemotes []string
 	// LameDuck is how long a shutdown spreads client disconnects over.
 	LameDuck time.Duration
 	// ReadyTimeout bounds the wait for the server to accept connections.
@@ -47,7 +64,7 @@ func New(opts Options) (*Broker, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.DataDir == "" {
+	if opts.DataDir == "" && !opts.NoJetStream {
 		return nil, errors.New("broker: a data directory is required for JetStream")
 	}
 	if opts.ReadyTimeout == 0 {
@@ -58,12 +75,18 @@ func New(opts Options) (*Broker, error) {
 	}
 	so := &server.Options{
 		ServerName:          opts.Name,
-		JetStream:           true,
-		StoreDir:            filepath.Join(opts.DataDir, "jetstream"),
+		JetStream:           !opts.NoJetStream,
 		LameDuckDuration:    opts.LameDuck,
 		LameDuckGracePeriod: opts.LameDuck / 2,
 		NoSigs:              true,
 		MaxPayload:          8 << 20,
+	}
+	if !opts.NoJetStream {
+		so.StoreDir = filepath.Join(opts.DataDir, "jetstream")
+		so.JetStreamDomain = opts.JetStreamDomain
+	}
+	if err := clustering(so, opts); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
 	}
 	if opts.Listen == "" {
 		so.DontListen = true
@@ -94,6 +117,66 @@ func New(opts Options) (*Broker, error) {
 	return &Broker{opts: opts, ns: ns, log: opts.Logger}, nil
 }
 
+// clustering fills the route and leaf node settings.
+func clustering(so *server.Options, opts Options) error {
+	if opts.ClusterListen != "" {
+		host, port, err := splitHostPort(opts.ClusterListen)
+		if err != nil {
+			return fmt.Errorf("cluster address: %w", err)
+		}
+		so.Cluster.Name, so.Cluster.Host, so.Cluster.Port = opts.ClusterName, host, port
+		if so.Cluster.Name == "" {
+			so.Cluster.Name = "chatd"
+		}
+		routes, err := urls(opts.Routes, "nats")
+		if err != nil {
+			return fmt.Errorf("routes: %w", err)
+		}
+		so.Routes = routes
+	} else if len(opts.Routes) > 0 {
+		return errors.New("routes need a cluster address to listen on")
+	}
+	if opts.LeafListen != "" {
+		host, port, err := splitHostPort(opts.LeafListen)
+		if err != nil {
+			return fmt.Errorf("leaf node address: %w", err)
+		}
+		so.LeafNode.Host, so.LeafNode.Port = host, port
+		// Leaf servers dial the addresses they were given, nothing else:
+		// an advertised address may be unreachable from another region,
+		// or bypass the proxy or load balancer in between.
+		so.LeafNode.NoAdvertise = true
+	}
+	if len(opts.LeafRemotes) > 0 {
+		remotes, err := urls(opts.LeafRemotes, "nats-leaf")
+		if err != nil {
+			return fmt.Errorf("leaf node remotes: %w", err)
+		}
+		so.LeafNode.Remotes = []*server.RemoteLeafOpts{{URLs: remotes}}
+		so.LeafNode.ReconnectInterval = time.Second
+	}
+	return nil
+}
+
+// urls parses addresses, accepting host:port without a scheme.
+func urls(addrs []string, scheme string) ([]*url.URL, error) {
+	var out []*url.URL
+	for _, a := range addrs {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if !strings.Contains(a, "://") {
+			a = scheme + "://" + a
+		}
+		u, err := url.Parse(a)
+		if err != nil || u.Host == "" {
+			return nil, fmt.Errorf("bad address %q", a)
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
 // splitHostPort parses host:port, mapping port 0 to nats-server's "random port".
 func splitHostPort(addr string) (string, int, error) {
 	host, ps, err := net.SplitHostPort(addr)
@@ -122,6 +205,14 @@ func (b *Broker) ClientURL() string {
 		return ""
 	}
 	return b.ns.ClientURL()
+}
+
+// ClusterAddr is the bound route address, or "" outside a cluster.
+func (b *Broker) ClusterAddr() string {
+	if a := b.ns.ClusterAddr(); a != nil {
+		return a.String()
+	}
+	return ""
 }
 
 // MonitorAddr is the bound monitoring address, or "" when disabled.
