@@ -130,7 +130,11 @@ func (a *applier) start(ctx context.Context) (jetstream.ConsumeContext, error) {
 	if err != nil {
 		return nil, fmt.Errorf("event consumer: %w", err)
 	}
-	cc, err := cons.Consume(a.handle)
+	// A short pull expiry means short heartbeats: when the server holding
+	// the consumer goes away (a broker of a cluster stops), the consumer is
+	// recreated on another within seconds rather than the default thirty,
+	// and reads that wait for the log do not stall that long.
+	cc, err := cons.Consume(a.handle, jetstream.PullExpiry(2*time.Second), jetstream.PullHeartbeat(500*time.Millisecond))
 	if err != nil {
 		return nil, fmt.Errorf("consume events: %w", err)
 	}

@@ -346,18 +346,26 @@ func (w *Worker) presence(ctx context.Context, c *call) ([]byte, error) {
 	if raw, ok := c.f["online"]; !ok || json.Unmarshal(raw, &online) != nil {
 		return result(c.cmd, "invalid"), nil
 	}
-	friends, err := w.store.Friends(c.user)
-	if err != nil {
+	if err := w.announce(ctx, c.user, online); err != nil {
 		return nil, err
 	}
-	msg := obj("cmd", "friend_offline", "friend", c.user)
+	return result(c.cmd, "success"), nil
+}
+
+// announce tells user's friends that the user came online or went offline.
+func (w *Worker) announce(ctx context.Context, user string, online bool) error {
+	friends, err := w.store.Friends(user)
+	if err != nil {
+		return err
+	}
+	msg := obj("cmd", "friend_offline", "friend", user)
 	if online {
-		msg = obj("cmd", "friend_login", "friend", c.user)
+		msg = obj("cmd", "friend_login", "friend", user)
 	}
 	for _, f := range friends {
 		w.notify(f, 0, msg)
 	}
-	return result(c.cmd, "success"), nil
+	return nil
 }
 
 // claimInbox hands the user's stored messages to the asking edge, one

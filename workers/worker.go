@@ -37,6 +37,9 @@ type Options struct {
 	Version string
 	// HashCost is the bcrypt cost for new passwords.
 	HashCost int
+	// JetStreamDomain names the JetStream to use when it is not the local
+	// server's (a worker in a leaf region).
+	JetStreamDomain string
 	// Replicas for the streams when this worker creates them.
 	Replicas int
 	// InboxMaxAge is how long messages for offline users are kept.
@@ -48,6 +51,9 @@ type Options struct {
 	// ReadWait bounds the wait for this store to reach a sequence a session
 	// has already seen (read-your-writes).
 	ReadWait time.Duration
+	// EdgeDeadAfter is how long an edge may miss heartbeats before its
+	// sessions are declared over.
+	EdgeDeadAfter time.Duration
 	// MaxInFlight bounds concurrently handled requests.
 	MaxInFlight int
 	// ApplyDelay slows applying each event down; it exists so tests can
@@ -75,6 +81,9 @@ func (o *Options) setDefaults() {
 	if o.ReadWait == 0 {
 		o.ReadWait = 2 * time.Second
 	}
+	if o.EdgeDeadAfter == 0 {
+		o.EdgeDeadAfter = 15 * time.Second
+	}
 	if o.MaxInFlight == 0 {
 		o.MaxInFlight = 1024
 	}
@@ -93,7 +102,7 @@ func (o Options) Validate() error {
 		return fmt.Errorf("workers: replicas %d outside 1..5", o.Replicas)
 	}
 	for name, d := range map[string]time.Duration{"inbox max age": o.InboxMaxAge, "file max age": o.FileMaxAge, "deliver timeout": o.DeliverTimeout,
-		"read wait": o.ReadWait} {
+		"read wait": o.ReadWait, "edge dead after": o.EdgeDeadAfter} {
 		if d < 0 {
 			return fmt.Errorf("workers: %s %s is negative", name, d)
 		}
@@ -113,8 +122,9 @@ type Worker struct {
 	events  jetstream.ConsumeContext
 	svc     micro.Service
 
-	inflight chan struct{} // semaphore for handlers
-	hashing  chan struct{} // semaphore for bcrypt, which is all CPU
+	stop     context.CancelFunc // ends background work: the reaper
+	inflight chan struct{}      // semaphore for handlers
+	hashing  chan struct{}      // semaphore for bcrypt, which is all CPU
 	wg       sync.WaitGroup
 	ready    atomic.Bool
 }
@@ -158,14 +168,25 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 
 func (w *Worker) start(ctx context.Context) error {
 	js, err := jetstream.New(w.nc)
+	if w.opts.JetStreamDomain != "" {
+		js, err = jetstream.NewWithDomain(w.nc, w.opts.JetStreamDomain)
+	}
 	if err != nil {
 		return fmt.Errorf("workers: jetstream: %w", err)
 	}
 	w.js = js
-	if err := ensureStreams(ctx, js, w.opts.Replicas, w.opts.InboxMaxAge); err != nil {
-		return fmt.Errorf("workers: %w", err)
-	}
-	if err := ensureFileBucket(ctx, js, w.opts.Replicas, w.opts.FileMaxAge); err != nil {
+	var sessions jetstream.KeyValue
+	err = retry(ctx, w.log, "setting up streams", func() error {
+		if err := ensureStreams(ctx, js, w.opts.Replicas, w.opts.InboxMaxAge); err != nil {
+			return err
+		}
+		if err := ensureFileBucket(ctx, js, w.opts.Replicas, w.opts.FileMaxAge); err != nil {
+			return err
+		}
+		sessions, err = ensureSessionBucket(ctx, js, w.opts.Replicas)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("workers: %w", err)
 	}
 	evs, err := js.Stream(ctx, EventStream)
@@ -209,6 +230,10 @@ func (w *Worker) start(ctx context.Context) error {
 		w.events.Stop()
 		return fmt.Errorf("workers: flush: %w", err)
 	}
+	bg, stop := context.WithCancel(context.Background())
+	w.stop = stop
+	w.wg.Add(1)
+	go (&reaper{w: w, kv: sessions}).run(bg)
 	w.ready.Store(true)
 	return nil
 }
@@ -242,6 +267,26 @@ func (w *Worker) addService() error {
 	return nil
 }
 
+// retry runs fn until it succeeds or ctx ends. JetStream may be
+// unavailable for a while when a worker starts: a cluster still electing
+// its leader, a broker still starting. Processes may start in any order.
+func retry(ctx context.Context, log *slog.Logger, what string, fn func() error) error {
+	pause := 100 * time.Millisecond
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		log.Warn(what+" failed; retrying", "err", err, "in", pause)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (gave up: %w)", what, err, ctx.Err())
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 5*time.Second)
+	}
+}
+
 // Ready reports whether the worker has caught up and is serving.
 func (w *Worker) Ready() bool { return w.ready.Load() }
 
@@ -255,6 +300,9 @@ func (w *Worker) Close(ctx context.Context) error {
 	var errs []error
 	if w.svc != nil {
 		errs = append(errs, w.svc.Stop())
+	}
+	if w.stop != nil {
+		w.stop()
 	}
 	done := make(chan struct{})
 	go func() { w.wg.Wait(); close(done) }()
