@@ -261,7 +261,7 @@ func (c *conn) login(ctx context.Context, id json.RawMessage, user string, reply
 	c.user = user
 	c.reply(id, replyData)
 	if first {
-		c.presence(ctx, true)
+		c.e.presence(ctx, user, true)
 	}
 	c.e.fetchInbox(ctx, user, []*conn{c})
 }
@@ -294,20 +294,7 @@ func (c *conn) logout(ctx context.Context) {
 	user := c.user
 	c.user = ""
 	if c.e.unbind(ctx, c, user) {
-		c.presenceFor(ctx, user, false)
-	}
-}
-
-func (c *conn) presence(ctx context.Context, online bool) { c.presenceFor(ctx, c.user, online) }
-
-func (c *conn) presenceFor(ctx context.Context, user string, online bool) {
-	ctx, cancel := context.WithTimeout(ctx, c.e.opts.RequestTimeout)
-	defer cancel()
-	m := nats.NewMsg(proto.InternalPrefix + proto.IntPresence)
-	m.Header.Set(proto.HdrUser, user)
-	m.Data = []byte(`{"online":` + strconv.FormatBool(online) + `}`)
-	if _, err := c.e.request(ctx, m); err != nil {
-		c.e.log.Warn("presence update failed", "user", user, "online", online, "err", err)
+		c.e.presence(ctx, user, false)
 	}
 }
 

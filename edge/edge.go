@@ -56,7 +56,12 @@ type Options struct {
 	FileTimeout time.Duration
 	// FileMaxSize is the largest file accepted, in bytes.
 	FileMaxSize int64
-	Logger      *slog.Logger
+	// JetStreamDomain names the JetStream to use when it runs in another
+	// region, reached across a leaf node connection.
+	JetStreamDomain string
+	// Heartbeat is how often the edge tells the workers it is alive.
+	Heartbeat time.Duration
+	Logger    *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -86,6 +91,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.FileMaxSize == 0 {
 		o.FileMaxSize = 4 << 30
+	}
+	if o.Heartbeat == 0 {
+		o.Heartbeat = 5 * time.Second
 	}
 }
 
@@ -124,6 +132,7 @@ type Edge struct {
 	conns     map[*conn]struct{}
 	transfers map[*transfer]struct{}
 	serial    uint64 // orders sessions by login, newest highest
+	registry  *registry
 
 	closing chan struct{}
 	wg      sync.WaitGroup
@@ -145,7 +154,7 @@ func New(opts Options) (*Edge, error) {
 	if opts.Conn == nil {
 		return nil, errors.New("edge: a NATS connection is required")
 	}
-	js, err := jetstream.New(opts.Conn)
+	js, err := newJetStream(opts.Conn, opts.JetStreamDomain)
 	if err != nil {
 		return nil, fmt.Errorf("edge: jetstream: %w", err)
 	}
@@ -173,9 +182,18 @@ func New(opts Options) (*Edge, error) {
 		}
 		return nil, fmt.Errorf("edge: %w", err)
 	}
-	e.wg.Add(1)
+	e.registry = newRegistry(e)
+	e.wg.Add(2)
 	go e.dispatch()
+	go e.registry.run()
 	return e, nil
+}
+
+func newJetStream(nc *nats.Conn, domain string) (jetstream.JetStream, error) {
+	if domain != "" {
+		return jetstream.NewWithDomain(nc, domain)
+	}
+	return jetstream.New(nc)
 }
 
 // Addr is the bound client address.
@@ -306,6 +324,12 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 		return firstAnywhere, nil
 	}
 	u.sub = sub
+	// Recorded before the login is answered, and so before friends hear
+	// of it: if this edge dies a moment later, the workers know whose
+	// friends to tell.
+	if err := e.registry.put(ctx, user); err != nil {
+		e.log.Warn("session registry write failed", "user", user, "err", err)
+	}
 	return firstAnywhere, nil
 }
 
@@ -325,6 +349,9 @@ func (e *Edge) unbind(ctx context.Context, c *conn, user string) bool {
 	}
 	delete(e.users, user)
 	sub := u.sub
+	if sub != nil {
+		e.registry.record(user, false)
+	}
 	e.mu.Unlock()
 	if sub != nil {
 		_ = sub.Unsubscribe()
@@ -377,6 +404,30 @@ func (e *Edge) sessionsOf(user string) []*conn {
 		out = append(out, c)
 	}
 	return out
+}
+
+// localUsers returns the users with a session on this edge.
+func (e *Edge) localUsers() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]string, 0, len(e.users))
+	for u := range e.users {
+		out = append(out, u)
+	}
+	return out
+}
+
+// presence tells user's friends, through a worker, that the user came
+// online (first session anywhere) or went offline (last one ended).
+func (e *Edge) presence(ctx context.Context, user string, online bool) {
+	ctx, cancel := context.WithTimeout(ctx, e.opts.RequestTimeout)
+	defer cancel()
+	m := nats.NewMsg(proto.InternalPrefix + proto.IntPresence)
+	m.Header.Set(proto.HdrUser, user)
+	m.Data = []byte(`{"online":` + strconv.FormatBool(online) + `}`)
+	if _, err := e.request(ctx, m); err != nil {
+		e.log.Warn("presence update failed", "user", user, "online", online, "err", err)
+	}
 }
 
 // newestSession returns the user's most recent session on this edge: the

@@ -57,6 +57,19 @@ const (
 	WorkerQueue = "chat-workers"
 )
 
+// SessionBucket is the key-value bucket where each edge keeps a heartbeat
+// (EdgeKey) and one key per user it holds (SessionKey).
+const SessionBucket = "CHAT_SESSIONS"
+
+// EdgeKey is an edge's heartbeat key.
+func EdgeKey(edgeID string) string { return "e." + edgeID }
+
+// SessionKeyPrefix starts every session key of an edge.
+func SessionKeyPrefix(edgeID string) string { return "s." + edgeID + "." }
+
+// SessionKey records that an edge holds sessions of user.
+func SessionKey(edgeID, user string) string { return SessionKeyPrefix(edgeID) + Token(user) }
+
 // Internal endpoints, under InternalPrefix.
 const (
 	// IntPresence tells a user's friends that the user came or went.
