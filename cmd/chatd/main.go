@@ -144,6 +144,8 @@ type edgeFlags struct {
 	filePorts      portRange
 	fileTimeout    time.Duration
 	fileMax        byteSize
+	heartbeat      time.Duration
+	jsDomain       string
 }
 
 func (f *edgeFlags) register(fs *flagSet, listen string) {
@@ -155,12 +157,15 @@ func (f *edgeFlags) register(fs *flagSet, listen string) {
 	fs.DurationVar(&f.fileTimeout, "file-timeout", 10*time.Second, "how long a file transfer waits for a client to connect, or for any progress")
 	f.fileMax = 4 << 30
 	fs.Var(&f.fileMax, "file-max", "largest file accepted (bytes, or with KiB, MiB, GiB)")
+	fs.DurationVar(&f.heartbeat, "heartbeat", 5*time.Second, "how often the edge tells the workers it is alive")
+	fs.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain of the hub, for an edge in a leaf region")
 }
 
 func (f *edgeFlags) options(nc *nats.Conn, name string, log *slog.Logger) edge.Options {
 	return edge.Options{Listen: f.listen, Conn: nc, Name: name, MaxFrame: f.maxFrame,
 		RequestTimeout: f.requestTimeout, FilePortLo: f.filePorts.lo, FilePortHi: f.filePorts.hi,
-		FileTimeout: f.fileTimeout, FileMaxSize: int64(f.fileMax), Logger: log.With("role", "edge")}
+		FileTimeout: f.fileTimeout, FileMaxSize: int64(f.fileMax), Heartbeat: f.heartbeat, JetStreamDomain: f.jsDomain,
+		Logger: log.With("role", "edge")}
 }
 
 type workerFlags struct {
@@ -168,6 +173,7 @@ type workerFlags struct {
 	replicas int
 	inboxAge time.Duration
 	fileAge  time.Duration
+	deadEdge time.Duration
 }
 
 func (f *workerFlags) register(fs *flagSet) {
@@ -175,11 +181,13 @@ func (f *workerFlags) register(fs *flagSet) {
 	fs.IntVar(&f.replicas, "replicas", 1, "JetStream replicas for the streams (3 in a production cluster)")
 	fs.DurationVar(&f.inboxAge, "inbox-max-age", 30*24*time.Hour, "how long messages for offline users are kept")
 	fs.DurationVar(&f.fileAge, "file-max-age", 7*24*time.Hour, "how long files for offline users are kept")
+	fs.DurationVar(&f.deadEdge, "edge-dead-after", 15*time.Second, "an edge silent this long is given up: its users' friends are told they went offline")
 }
 
 func (f *workerFlags) options(nc *nats.Conn, dir, name string, log *slog.Logger) workers.Options {
 	return workers.Options{Conn: nc, DataDir: dir, Name: name, Version: version, HashCost: f.hashCost,
-		Replicas: f.replicas, InboxMaxAge: f.inboxAge, FileMaxAge: f.fileAge, Logger: log.With("role", "worker")}
+		Replicas: f.replicas, InboxMaxAge: f.inboxAge, FileMaxAge: f.fileAge, EdgeDeadAfter: f.deadEdge,
+		Logger: log.With("role", "worker")}
 }
 
 func hostname() string {
@@ -245,24 +253,36 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "client address for edges, workers and the nats CLI")
 	httpAddr := fs.String("http", "127.0.0.1:8222", "monitoring address (/varz /connz /jsz /healthz); empty disables")
 	data := fs.String("data", "./data", "JetStream store directory")
-	name := fs.String("name", hostname(), "server name")
+	name := fs.String("name", hostname(), "server name; unique within a cluster")
 	lameDuck := fs.Duration("lame-duck", 10*time.Second, "how long shutdown spreads client disconnects over")
+	jetStream := fs.Bool("jetstream", true, "run JetStream here; a leaf region's server may run without it")
+	jsDomain := fs.String("js-domain", "", "JetStream domain name, so that leaf regions can reach this JetStream")
+	clusterName := fs.String("cluster-name", "chatd", "cluster name, the same on every server of a cluster")
+	clusterListen := fs.String("cluster-listen", "", "route address for other servers of this cluster (host:port)")
+	routes := fs.String("routes", "", "comma-separated route URLs of the other servers of this cluster")
+	leafListen := fs.String("leafnode-listen", "", "accept leaf node connections from other regions here (host:port)")
+	leafRemote := fs.String("leafnode-remote", "", "comma-separated nats-leaf:// URLs of a hub to join as a leaf node")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if *natsListen == "" {
 		return usageError{errors.New("--nats-listen is required")}
 	}
+	if *routes != "" && *clusterListen == "" {
+		return usageError{errors.New("--routes needs --cluster-listen")}
+	}
 	log, err := fs.logger(stderr)
 	if err != nil {
 		return err
 	}
 	b, err := broker.New(broker.Options{Name: *name, Listen: *natsListen, HTTP: *httpAddr, DataDir: *data,
-		LameDuck: *lameDuck, Logger: log})
+		LameDuck: *lameDuck, NoJetStream: !*jetStream, JetStreamDomain: *jsDomain, ClusterName: *clusterName, ClusterListen: *clusterListen,
+		Routes: splitList(*routes), LeafListen: *leafListen, LeafRemotes: splitList(*leafRemote), Logger: log})
 	if err != nil {
 		return err
 	}
-	log.Info("chatd ready", "mode", "broker", "nats", b.ClientURL(), "http", orOff(b.MonitorAddr()), "data", *data, "version", version)
+	log.Info("chatd ready", "mode", "broker", "nats", b.ClientURL(), "http", orOff(b.MonitorAddr()),
+		"cluster", orOff(b.ClusterAddr()), "leafnodes", orOff(*leafListen), "jetstream", *jetStream, "data", *data, "version", version)
 	<-ctx.Done()
 	log.Info("shutting down")
 	shutdownBroker(b)
@@ -403,6 +423,16 @@ func (l levelFloor) WithAttrs(a []slog.Attr) slog.Handler {
 
 func (l levelFloor) WithGroup(n string) slog.Handler {
 	return levelFloor{l.Handler.WithGroup(n), l.min}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func orOff(s string) string {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -41,11 +42,19 @@ func TestMain(m *testing.M) {
 
 // proc is a chatd process under test.
 type proc struct {
-	t     *testing.T
-	cmd   *exec.Cmd
-	ready map[string]string // key=value pairs of the ready line
-	log   *bytes.Buffer
-	done  chan error
+	t      *testing.T
+	cmd    *exec.Cmd
+	ready  map[string]string // key=value pairs of the ready line
+	mu     sync.Mutex
+	logBuf bytes.Buffer
+	exited chan struct{} // closed once the process is reaped
+	err    error         // its exit status, set before exited is closed
+}
+
+func (p *proc) log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logBuf.String()
 }
 
 // startProc runs chatd with args and waits for its ready line.
@@ -60,27 +69,35 @@ func startProc(t *testing.T, env []string, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{t: t, cmd: cmd, log: new(bytes.Buffer), done: make(chan error, 1)}
+	p := &proc{t: t, cmd: cmd, exited: make(chan struct{})}
 	readyc := make(chan map[string]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			line := sc.Text()
-			p.log.WriteString(line + "\n")
+			p.mu.Lock()
+			p.logBuf.WriteString(line + "\n")
+			p.mu.Unlock()
 			if strings.Contains(line, `msg="chatd ready"`) {
 				readyc <- parseLogLine(line)
 			}
 		}
 		_, _ = io.Copy(io.Discard, stderr)
-		p.done <- cmd.Wait()
+		p.err = cmd.Wait()
+		close(p.exited)
 	}()
-	t.Cleanup(func() { p.kill() })
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() && os.Getenv("CHATD_TEST_LOG") != "" {
+			t.Logf("chatd %v:\n%s", args, p.log())
+		}
+	})
 	select {
 	case p.ready = <-readyc:
-	case err := <-p.done:
-		t.Fatalf("chatd %v exited before ready: %v\n%s", args, err, p.log)
+	case <-p.exited:
+		t.Fatalf("chatd %v exited before ready: %v\n%s", args, p.err, p.log())
 	case <-time.After(chattest.Timeout):
-		t.Fatalf("chatd %v not ready within %s\n%s", args, chattest.Timeout, p.log)
+		t.Fatalf("chatd %v not ready within %s\n%s", args, chattest.Timeout, p.log())
 	}
 	return p
 }
@@ -96,12 +113,15 @@ func parseLogLine(line string) map[string]string {
 }
 
 func (p *proc) kill() {
-	if p.cmd.ProcessState == nil {
-		_ = p.cmd.Process.Kill()
-		select {
-		case <-p.done:
-		case <-time.After(chattest.Timeout):
-		}
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.exited:
+	case <-time.After(chattest.Timeout):
 	}
 }
 
@@ -110,10 +130,10 @@ func (p *proc) stop(sig syscall.Signal) error {
 	p.t.Helper()
 	_ = p.cmd.Process.Signal(sig)
 	select {
-	case err := <-p.done:
-		return err
+	case <-p.exited:
+		return p.err
 	case <-time.After(chattest.Timeout):
-		p.t.Fatalf("chatd did not exit on %v\n%s", sig, p.log)
+		p.t.Fatalf("chatd did not exit on %v\n%s", sig, p.log())
 		return nil
 	}
 }
@@ -179,7 +199,7 @@ func TestKillNineAndRestart(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	<-p.done
+	<-p.exited
 
 	p2 := startProc(t, nil, args...)
 	b := chattest.Dial(t, p2.ready["client"])
@@ -206,7 +226,7 @@ func TestSigtermShutsDownCleanly(t *testing.T) {
 	cl.Register("alice", "pw")
 	cl.Login("alice", "pw")
 	if err := p.stop(syscall.SIGTERM); err != nil {
-		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.log)
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.log())
 	}
 	cl.Closed()
 	// The data directory is released and intact.

@@ -1,0 +1,430 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/chatd-io/chatd/internal/chattest"
+)
+
+// Short timings so that failure detection fits in a test.
+var (
+	edgeArgs   = []string{"--listen", "127.0.0.1:0", "--heartbeat", "250ms", "--request-timeout", "3s", "--file-ports", "off"}
+	workerArgs = []string{"--hash-cost", "4", "--edge-dead-after", "3s"}
+)
+
+func startBroker(t *testing.T, extra ...string) *proc {
+	t.Helper()
+	args := append([]string{"broker", "--nats-listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", t.TempDir()}, extra...)
+	return startProc(t, nil, args...)
+}
+
+func startWorker(t *testing.T, url, name string, extra ...string) *proc {
+	t.Helper()
+	args := append([]string{"worker", "--nats", url, "--data", t.TempDir(), "--name", name}, workerArgs...)
+	return startProc(t, nil, append(args, extra...)...)
+}
+
+func startEdge(t *testing.T, url, name string, extra ...string) *proc {
+	t.Helper()
+	args := append([]string{"edge", "--nats", url, "--name", name}, edgeArgs...)
+	return startProc(t, nil, append(args, extra...)...)
+}
+
+// freeAddr returns a loopback address nobody listens on right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// client registers (when password is new) and logs in user on the edge.
+func client(t *testing.T, e *proc, user string, register bool) *chattest.Client {
+	t.Helper()
+	cl := chattest.Dial(t, e.ready["client"])
+	if register {
+		cl.Register(user, "pw")
+	}
+	cl.Login(user, "pw")
+	return cl
+}
+
+// workerRequests asks every chat-worker instance for its stats, the way
+// `nats micro stats chat-worker` does, and returns requests per instance.
+func workerRequests(t *testing.T, url string) map[string]int {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.PublishRequest("$SRV.STATS.chat-worker", inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for {
+		m, err := sub.NextMsg(time.Second)
+		if err != nil {
+			return out
+		}
+		var st struct {
+			Metadata  map[string]string `json:"metadata"`
+			Endpoints []struct {
+				Requests int `json:"num_requests"`
+			} `json:"endpoints"`
+		}
+		if err := json.Unmarshal(m.Data, &st); err != nil {
+			t.Fatalf("stats reply %s: %v", m.Data, err)
+		}
+		for _, ep := range st.Endpoints {
+			out[st.Metadata["instance"]] += ep.Requests
+		}
+	}
+}
+
+// One broker, two edges, two workers: users on different edges chat
+// privately and in groups, and both workers serve.
+func TestTopologyEdgesAndWorkers(t *testing.T) {
+	br := startBroker(t)
+	url := br.ready["nats"]
+	startWorker(t, url, "w1")
+	startWorker(t, url, "w2")
+	e1 := startEdge(t, url, "e1")
+	e2 := startEdge(t, url, "e2")
+	alice := client(t, e1, "alice", true)
+	bob := client(t, e2, "bob", true)
+	carol := client(t, e2, "carol", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	bob.Want("add_friend_reply")
+	alice.Expect(M{"cmd": "create_group", "group": "g"}, "success")
+	bob.Expect(M{"cmd": "add_group", "group": "g"}, "success")
+	carol.Expect(M{"cmd": "add_group", "group": "g"}, "success")
+	for i := range 20 {
+		alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint("p", i)}, "success")
+		if m := bob.Want("private_chat"); m.Str("text") != fmt.Sprint("p", i) {
+			t.Fatalf("bob got %s", m.Raw)
+		}
+		bob.Expect(M{"cmd": "group_chat", "group": "g", "text": fmt.Sprint("g", i)}, "success")
+		for _, cl := range []*chattest.Client{alice, carol} {
+			if m := cl.Want("group_chat"); m.Str("text") != fmt.Sprint("g", i) {
+				t.Fatalf("group member got %s", m.Raw)
+			}
+		}
+	}
+	reqs := workerRequests(t, url)
+	if len(reqs) != 2 || reqs["w1"] == 0 || reqs["w2"] == 0 {
+		t.Fatalf("requests per worker: %v; want both serving", reqs)
+	}
+}
+
+// A worker started later on an empty directory catches up from the log
+// and then serves alone.
+func TestTopologyScaleOutAndIn(t *testing.T) {
+	br := startBroker(t)
+	url := br.ready["nats"]
+	w1 := startWorker(t, url, "w1")
+	w2 := startWorker(t, url, "w2")
+	e := startEdge(t, url, "e")
+	alice := client(t, e, "alice", true)
+	bob := client(t, e, "bob", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	alice.Expect(M{"cmd": "create_group", "group": "g"}, "success")
+	bob.Expect(M{"cmd": "add_group", "group": "g"}, "success")
+
+	startWorker(t, url, "w3")
+	for _, w := range []*proc{w1, w2} {
+		if err := w.stop(syscall.SIGTERM); err != nil {
+			t.Fatalf("worker exit: %v\n%s", err, w.log())
+		}
+	}
+	again := client(t, e, "alice", false)
+	if m := again.Result(M{"cmd": "get_group_member", "group": "g"}); m.Str("member") != "alice|bob" {
+		t.Fatalf("members: %s", m.Raw)
+	}
+	again.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "w3 here"}, "success")
+	bob.Want("private_chat")
+	again.Expect(M{"cmd": "register", "user": "bob", "password": "x"}, "failure")
+	if reqs := workerRequests(t, url); len(reqs) != 1 || reqs["w3"] == 0 {
+		t.Fatalf("requests per worker: %v; want w3 alone", reqs)
+	}
+}
+
+// kill -9 of a worker under traffic: later requests all succeed through
+// the other; in-flight ones get an answer, never a hang.
+func TestTopologyWorkerKilled(t *testing.T) {
+	br := startBroker(t)
+	url := br.ready["nats"]
+	victim := startWorker(t, url, "victim")
+	startWorker(t, url, "survivor")
+	e := startEdge(t, url, "e")
+	alice := client(t, e, "alice", true)
+	bob := client(t, e, "bob", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	for i := range 50 {
+		alice.Send(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint(i)})
+	}
+	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		if r := alice.Want("private_chat_reply").Str("result"); r != "success" && r != "unavailable" {
+			t.Fatalf("in-flight request answered %q", r)
+		}
+	}
+	for i := range 20 {
+		alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint("after ", i)}, "success")
+	}
+	for next := 0; next < 20; {
+		if bob.Want("private_chat").Str("text") == fmt.Sprint("after ", next) {
+			next++
+		}
+	}
+}
+
+// kill -9 of an edge: its users' friends hear they went offline; the
+// users log in again at once through another edge.
+func TestTopologyEdgeKilled(t *testing.T) {
+	br := startBroker(t)
+	url := br.ready["nats"]
+	startWorker(t, url, "w")
+	e1 := startEdge(t, url, "e1")
+	e2 := startEdge(t, url, "e2")
+	alice := client(t, e1, "alice", true)
+	bob := client(t, e2, "bob", true)
+	carol := client(t, e2, "carol", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	alice.Expect(M{"cmd": "add", "friend": "carol"}, "success")
+
+	if err := e2.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	bob.Closed()
+	carol.Closed()
+	// bob comes back at once through e1; carol does not.
+	client(t, e1, "bob", false)
+	if m := alice.Want("friend_login"); m.Str("friend") != "bob" {
+		t.Fatalf("got %s", m.Raw)
+	}
+	if m := alice.Want("friend_offline"); m.Str("friend") != "carol" {
+		t.Fatalf("got %s", m.Raw)
+	}
+	// bob, logged in elsewhere, was not announced offline.
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "still there?"}, "success")
+	for _, m := range alice.Pending() {
+		if m.Str("cmd") == "friend_offline" {
+			t.Fatalf("unexpected %s", m.Raw)
+		}
+	}
+}
+
+// The broker restarts: edges and workers reconnect on their own.
+func TestTopologyBrokerRestart(t *testing.T) {
+	addr, dir := freeAddr(t), t.TempDir()
+	args := []string{"broker", "--nats-listen", addr, "--http", "", "--data", dir, "--lame-duck", "1s"}
+	br := startProc(t, nil, args...)
+	url := br.ready["nats"]
+	startWorker(t, url, "w")
+	e := startEdge(t, url, "e")
+	alice := client(t, e, "alice", true)
+	bob := client(t, e, "bob", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+
+	if err := br.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("broker exit: %v\n%s", err, br.log())
+	}
+	startProc(t, nil, args...)
+	// The first requests may find the workers not yet back: they are
+	// answered, never left hanging, and service resumes.
+	deadline := time.Now().Add(chattest.Timeout)
+	for {
+		m := alice.Result(M{"cmd": "private_chat", "user_to": "bob", "text": "back"})
+		if m.Str("result") == "success" {
+			break
+		}
+		if m.Str("result") != "unavailable" || time.Now().After(deadline) {
+			t.Fatalf("after broker restart: %s", m.Raw)
+		}
+	}
+	bob.Want("private_chat")
+	client(t, e, "carol", true)
+}
+
+// Three brokers in a cluster with the streams replicated three times:
+// stopping one loses no user and the service carries on.
+func TestTopologyThreeBrokerCluster(t *testing.T) {
+	routes := []string{freeAddr(t), freeAddr(t), freeAddr(t)}
+	var brokers []*proc
+	var urls []string
+	for i := range 3 {
+		br := startBroker(t, "--name", fmt.Sprint("n", i), "--cluster-listen", routes[i], "--lame-duck", "1s",
+			"--routes", "nats://"+strings.Join(routes, ",nats://"))
+		brokers = append(brokers, br)
+		urls = append(urls, br.ready["nats"])
+	}
+	all := strings.Join(urls, ",")
+	startWorker(t, all, "w1", "--replicas", "3")
+	startWorker(t, strings.Join([]string{urls[1], urls[2], urls[0]}, ","), "w2", "--replicas", "3")
+	e := startEdge(t, all, "e")
+	reg := chattest.Dial(t, e.ready["client"])
+	for i := range 10 {
+		reg.Register(fmt.Sprint("u", i), "pw")
+	}
+	// Stop the broker every process dialed first. While the streams elect
+	// new leaders, requests may be answered "unavailable"; then the
+	// service carries on with every user.
+	stopped := time.Now()
+	if err := brokers[0].stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("broker exit: %v\n%s", err, brokers[0].log())
+	}
+	cl := chattest.Dial(t, e.ready["client"])
+	for {
+		m := cl.Result(M{"cmd": "register", "user": "newcomer", "password": "pw"})
+		if m.Str("result") == "success" {
+			break
+		}
+		if m.Str("result") != "unavailable" || time.Since(stopped) > 30*time.Second {
+			t.Fatalf("register after losing a broker: %s", m.Raw)
+		}
+	}
+	t.Logf("writes resumed %s after the broker stopped", time.Since(stopped).Round(100*time.Millisecond))
+	for i := range 10 {
+		client(t, e, fmt.Sprint("u", i), false)
+	}
+}
+
+// tcpProxy forwards connections to target until cut; restore resumes.
+type tcpProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	cut    bool
+	conns  []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *tcpProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.setCut(true) })
+	go p.serve()
+	return p
+}
+
+func (p *tcpProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.cut {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		p.conns = append(p.conns, c, up)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(up, c); up.Close() }()
+		go func() { _, _ = io.Copy(c, up); c.Close() }()
+	}
+}
+
+// setCut drops every connection through the proxy and refuses new ones,
+// or lets them through again.
+func (p *tcpProxy) setCut(cut bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = cut
+	if cut {
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.conns = nil
+	}
+}
+
+// Two regions: a hub with the workers, a leaf region with only an edge.
+// Users in the two regions chat and see each other's presence; a cut
+// between the regions is survived.
+func TestTopologyTwoRegions(t *testing.T) {
+	leafAddr := freeAddr(t)
+	hub := startBroker(t, "--name", "hub", "--js-domain", "hub", "--leafnode-listen", leafAddr)
+	link := newProxy(t, leafAddr)
+	leaf := startBroker(t, "--name", "leaf", "--jetstream=false", "--leafnode-remote", "nats-leaf://"+link.ln.Addr().String())
+	startWorker(t, hub.ready["nats"], "w")
+	hubEdge := startEdge(t, hub.ready["nats"], "hub-edge")
+	leafEdge := startEdge(t, leaf.ready["nats"], "leaf-edge", "--js-domain", "hub")
+
+	alice := client(t, hubEdge, "alice", true)
+	bob := client(t, leafEdge, "bob", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	bob.Want("add_friend_reply")
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "across regions"}, "success")
+	if m := bob.Want("private_chat"); m.Str("text") != "across regions" {
+		t.Fatalf("bob got %s", m.Raw)
+	}
+	bob.Expect(M{"cmd": "private_chat", "user_to": "alice", "text": "hello hub"}, "success")
+	alice.Want("private_chat")
+	bob.Send(M{"cmd": "offline"})
+	bob.Want("offline_reply")
+	alice.Want("friend_offline")
+	bob.Login("bob", "pw")
+	alice.Want("friend_login")
+
+	// Cut the link: the hub gives the leaf region's edge up, and bob's
+	// requests are answered "unavailable" rather than left hanging.
+	link.setCut(true)
+	if m := alice.Want("friend_offline"); m.Str("friend") != "bob" {
+		t.Fatalf("after the cut alice got %s", m.Raw)
+	}
+	bob.Expect(M{"cmd": "private_chat", "user_to": "alice", "text": "anyone?"}, "unavailable")
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "gone?"}, "offline")
+
+	// Restore it: the leaf edge registers again, bob is announced back,
+	// and the message kept for him while he looked offline arrives.
+	link.setCut(false)
+	if m := alice.Want("friend_login"); m.Str("friend") != "bob" {
+		t.Fatalf("after the restore alice got %s", m.Raw)
+	}
+	if m := bob.Want("private_chat"); m.Str("text") != "gone?" {
+		t.Fatalf("after the restore bob got %s", m.Raw)
+	}
+	deadline := time.Now().Add(chattest.Timeout)
+	for {
+		m := bob.Result(M{"cmd": "private_chat", "user_to": "alice", "text": "back"})
+		if m.Str("result") == "success" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the restore bob got %s", m.Raw)
+		}
+	}
+	alice.Want("private_chat")
+}
