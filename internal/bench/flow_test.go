@@ -1,0 +1,78 @@
+package bench
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+)
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestFlowWindowAndReceipts(t *testing.T) {
+	m := newMeter("t", "msg", quietLogger())
+	f := newFlow(2, 3)
+	tm := time.NewTimer(time.Hour)
+	tm.Stop()
+	ctx := context.Background()
+	s1, ok1 := f.next(ctx, time.Second, tm, m, "x")
+	s2, ok2 := f.next(ctx, time.Second, tm, m, "x")
+	if !ok1 || !ok2 || s1 != 1 || s2 != 2 || f.inFlight() != 2 {
+		t.Fatalf("next = %d,%v %d,%v in flight %d", s1, ok1, s2, ok2, f.inFlight())
+	}
+	steps := []struct {
+		seq      int64
+		want     bool
+		inFlight int64
+	}{
+		{0, false, 2}, // never sent
+		{3, false, 2}, // not sent yet
+		{1, true, 2},
+		{1, true, 2},
+		{1, true, 1},  // third recipient: complete
+		{1, false, 1}, // a fourth copy is a duplicate
+		{2, true, 1},
+	}
+	for i, s := range steps {
+		if got := f.receipt(s.seq); got != s.want || f.inFlight() != s.inFlight {
+			t.Fatalf("step %d: receipt(%d) = %v, in flight %d; want %v, %d", i, s.seq, got, f.inFlight(), s.want, s.inFlight)
+		}
+	}
+	// Slot 1 (seq 3) reuses seq 1's slot; a late copy of seq 1 must not count.
+	s3, _ := f.next(ctx, time.Second, tm, m, "x")
+	if s3 != 3 || f.receipt(1) {
+		t.Fatalf("seq %d; late receipt of 1 accepted", s3)
+	}
+	if n, _ := m.Errors(); n != 0 {
+		t.Fatalf("%d errors", n)
+	}
+}
+
+func TestFlowStallIsWrittenOff(t *testing.T) {
+	m := newMeter("t", "msg", quietLogger())
+	f := newFlow(1, 1)
+	tm := time.NewTimer(time.Hour)
+	tm.Stop()
+	ctx := context.Background()
+	if seq, _ := f.next(ctx, time.Second, tm, m, "x"); seq != 1 {
+		t.Fatalf("seq %d", seq)
+	}
+	start := time.Now()
+	seq, ok := f.next(ctx, 20*time.Millisecond, tm, m, "x") // 1 is never received
+	if !ok || seq != 2 || time.Since(start) > 2*time.Second {
+		t.Fatalf("next after a stall = %d,%v after %s", seq, ok, time.Since(start))
+	}
+	if n, kinds := m.Errors(); n != 1 || kinds["timeout"] != 1 {
+		t.Fatalf("errors %d %v, want one timeout", n, kinds)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, ok := f.next(cctx, time.Hour, tm, m, "x"); ok {
+		t.Fatal("next went on after cancellation")
+	}
+	drainFlows([]*flow{f}, 10*time.Millisecond, m)
+	if _, kinds := m.Errors(); kinds["undelivered"] != 1 || kinds["missing_reply"] != 2 {
+		t.Fatalf("after drain: %v", kinds)
+	}
+}

@@ -1,0 +1,154 @@
+package bench
+
+import (
+	"cmp"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Result is what one scenario run measured; it is also the JSON record.
+type Result struct {
+	Scenario string         `json:"scenario"`
+	Params   map[string]any `json:"params"`
+	Label    string         `json:"label"`
+	Started  time.Time      `json:"started"`
+	// Seconds is the measured period as it really lasted.
+	Seconds float64 `json:"seconds"`
+	// Count events of Unit happened in the measured period, Rate per second.
+	Unit  string  `json:"unit"`
+	Count float64 `json:"count"`
+	Rate  float64 `json:"rate"`
+	// Latency is what each event took; LatencyOf says from when to when.
+	Latency     *LatencyStats    `json:"latency,omitempty"`
+	LatencyOf   string           `json:"latency_of,omitempty"`
+	Errors      int64            `json:"errors"`
+	ErrorKinds  map[string]int64 `json:"error_kinds,omitempty"`
+	Server      *ServerStats     `json:"server,omitempty"`
+	Extra       map[string]any   `json:"extra,omitempty"`
+	Interrupted bool             `json:"interrupted,omitempty"`
+	Summary     string           `json:"summary"`
+
+	hist *Histogram
+	// serverWhat names what Server measured in the summary line.
+	serverWhat string
+}
+
+// Histogram returns the latency histogram behind Latency (nil if none).
+func (r *Result) Histogram() *Histogram { return r.hist }
+
+// LatencyStats summarises a histogram in milliseconds.
+type LatencyStats struct {
+	Count  uint64  `json:"count"`
+	MinMs  float64 `json:"min_ms"`
+	MeanMs float64 `json:"mean_ms"`
+	P50Ms  float64 `json:"p50_ms"`
+	P90Ms  float64 `json:"p90_ms"`
+	P99Ms  float64 `json:"p99_ms"`
+	P999Ms float64 `json:"p999_ms"`
+	MaxMs  float64 `json:"max_ms"`
+	// Curve is the percentile distribution at fixed points, for plotting.
+	Curve []CurvePoint `json:"curve"`
+}
+
+// CurvePoint is one point of a percentile curve.
+type CurvePoint struct {
+	Percentile float64 `json:"percentile"`
+	Ms         float64 `json:"ms"`
+}
+
+var curvePercentiles = []float64{0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 99.999, 100}
+
+func ms(ns int64) float64 { return float64(ns) / 1e6 }
+
+func latencyStats(h *Histogram) *LatencyStats {
+	if h == nil || h.Count() == 0 {
+		return nil
+	}
+	s := &LatencyStats{Count: h.Count(), MinMs: ms(h.Min()), MeanMs: h.Mean() / 1e6,
+		P50Ms: ms(h.Quantile(0.5)), P90Ms: ms(h.Quantile(0.9)), P99Ms: ms(h.Quantile(0.99)),
+		P999Ms: ms(h.Quantile(0.999)), MaxMs: ms(h.Max())}
+	for _, p := range curvePercentiles {
+		s.Curve = append(s.Curve, CurvePoint{p, ms(h.Quantile(p / 100))})
+	}
+	return s
+}
+
+// ServerStats is what --pid observed of the server during the measured period.
+type ServerStats struct {
+	PID        int     `json:"pid"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// Cores is CPU seconds per wall second: 2 means two cores busy.
+	Cores float64 `json:"cores"`
+	// CPUPerUnitUs is server CPU microseconds per counted event.
+	CPUPerUnitUs  float64 `json:"cpu_per_unit_us,omitempty"`
+	RSSBefore     int64   `json:"rss_before_bytes"`
+	RSSAfter      int64   `json:"rss_after_bytes"`
+	RSSPerConnKiB float64 `json:"rss_per_conn_kib,omitempty"`
+}
+
+// fill completes the common fields from a measured window and builds the
+// summary line: head, rate, latency, errors, server.
+func (r *Result) fill(m *Meter, w window, h *Histogram, env *Env, rateText string) {
+	r.Seconds = w.elapsed.Seconds()
+	r.Interrupted = w.interrupted
+	r.hist = h
+	r.Latency = latencyStats(h)
+	r.Errors, r.ErrorKinds = m.Errors()
+	if w.before != nil && w.after != nil {
+		cpu := (w.after.CPU - w.before.CPU).Seconds()
+		r.Server = &ServerStats{PID: env.PID, CPUSeconds: cpu, RSSBefore: w.before.RSS, RSSAfter: w.after.RSS}
+		if r.Seconds > 0 {
+			r.Server.Cores = cpu / r.Seconds
+		}
+		if r.Count > 0 {
+			r.Server.CPUPerUnitUs = cpu * 1e6 / r.Count
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s: %s", r.Scenario, r.Label, rateText)
+	if r.Latency != nil {
+		fmt.Fprintf(&b, "  p50=%s p99=%s p999=%s max=%s", fmtLatency(h.Quantile(0.5)), fmtLatency(h.Quantile(0.99)),
+			fmtLatency(h.Quantile(0.999)), fmtLatency(h.Max()))
+	}
+	fmt.Fprintf(&b, " errors=%d", r.Errors)
+	if s := r.Server; s != nil {
+		b.WriteString("  " + cmp.Or(r.serverWhat, "server"))
+		if s.CPUPerUnitUs > 0 {
+			fmt.Fprintf(&b, " cpu=%s/%s", fmtCPU(s.CPUPerUnitUs), r.Unit)
+		}
+		fmt.Fprintf(&b, " (%.2f cores) rss=%s→%s", s.Cores, fmtMiB(s.RSSBefore), fmtMiB(s.RSSAfter))
+	}
+	if r.Interrupted {
+		b.WriteString("  (interrupted)")
+	}
+	r.Summary = b.String()
+}
+
+// fmtLatency prints nanoseconds with about three significant digits.
+func fmtLatency(ns int64) string {
+	d := time.Duration(ns)
+	switch {
+	case d >= 10*time.Second:
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	case d >= 100*time.Millisecond:
+		return fmt.Sprintf("%.0fms", ms(ns))
+	default:
+		return fmt.Sprintf("%.3gms", ms(ns))
+	}
+}
+
+func fmtCPU(us float64) string {
+	switch {
+	case us >= 1e4:
+		return fmt.Sprintf("%.1fms", us/1e3)
+	case us >= 100:
+		return fmt.Sprintf("%.0fµs", us)
+	default:
+		return fmt.Sprintf("%.3gµs", us)
+	}
+}
+
+func fmtMiB(b int64) string { return fmt.Sprintf("%.1fMiB", float64(b)/(1<<20)) }
