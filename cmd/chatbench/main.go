@@ -1,5 +1,5 @@
 // Command chatbench is a load generator for chat servers that speak the
-// chatd client protocol (JSON lines over TCP, see PROTOCOL.md). It talks
+// chatd client protocol (JSON lines over TCP, see docs/protocol.md). It talks
 // to the server only through that protocol, so it can measure any
 // implementation of it; --pid adds the server's CPU and memory from /proc.
 package main
