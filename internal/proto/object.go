@@ -33,3 +33,23 @@ func Object(kv ...any) []byte {
 func Result(cmd, r string, extra ...any) []byte {
 	return Object(append([]any{"cmd", cmd + "_reply", "result", r}, extra...)...)
 }
+
+// StrField returns the value of a string field of a compact object this
+// package built, without decoding it: for reading "cmd" and "result" of
+// replies on hot paths. Values with escapes are not supported; it returns
+// "" when the field is absent.
+func StrField(obj []byte, key string) string {
+	for i := 0; i+len(key)+5 <= len(obj); i++ {
+		if obj[i] != '"' || string(obj[i+1:i+1+len(key)]) != key || string(obj[i+1+len(key):i+4+len(key)]) != `":"` {
+			continue
+		}
+		v := obj[i+4+len(key):]
+		for j, b := range v {
+			if b == '"' {
+				return string(v[:j])
+			}
+		}
+		return ""
+	}
+	return ""
+}

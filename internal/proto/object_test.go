@@ -15,3 +15,22 @@ func TestObjectKeepsOrderAndEscapes(t *testing.T) {
 		t.Fatal("invalid JSON")
 	}
 }
+
+func TestStrField(t *testing.T) {
+	obj := []byte(`{"id":{"cmd":"x"},"cmd":"add_reply","result":"success","friend":"bob","n":3}`)
+	tests := []struct{ key, want string }{
+		{"cmd", "x"}, // the first match wins; replies put cmd first
+		{"result", "success"},
+		{"friend", "bob"},
+		{"n", ""},
+		{"missing", ""},
+	}
+	for _, tc := range tests {
+		if got := StrField(obj, tc.key); got != tc.want {
+			t.Errorf("StrField(%q) = %q, want %q", tc.key, got, tc.want)
+		}
+	}
+	if got := StrField([]byte(`{"cmd":"unterminated`), "cmd"); got != "" {
+		t.Errorf("unterminated value: %q", got)
+	}
+}

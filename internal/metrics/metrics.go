@@ -1,0 +1,244 @@
+// Package metrics is a small Prometheus text-format exporter: counters
+// and histograms with labels, and gauges read when scraped. It covers
+// what chatd reports and nothing more, which keeps the binary free of a
+// large client library.
+package metrics
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Registry holds metrics and writes them in the text exposition format.
+type Registry struct {
+	mu      sync.Mutex
+	metrics []metric
+}
+
+type metric interface {
+	name() string
+	write(w io.Writer)
+}
+
+// New returns an empty registry.
+func New() *Registry { return &Registry{} }
+
+func (r *Registry) add(m metric) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.metrics = append(r.metrics, m)
+}
+
+// Write writes every metric, sorted by name.
+func (r *Registry) Write(w io.Writer) {
+	r.mu.Lock()
+	ms := append([]metric(nil), r.metrics...)
+	r.mu.Unlock()
+	sort.Slice(ms, func(i, j int) bool { return ms[i].name() < ms[j].name() })
+	for _, m := range ms {
+		m.write(w)
+	}
+}
+
+// ServeHTTP serves the metrics.
+func (r *Registry) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	r.Write(w)
+}
+
+func header(w io.Writer, name, help, typ string) {
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+}
+
+// labelString renders {k="v",…}; values are escaped as the format requires.
+func labelString(keys, values []string) string {
+	if len(keys) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k)
+		b.WriteString(`="`)
+		b.WriteString(strings.NewReplacer(`\`, `\\`, "\n", `\n`, `"`, `\"`).Replace(values[i]))
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+// CounterVec is a family of counters told apart by label values.
+type CounterVec struct {
+	n, help string
+	labels  []string
+	mu      sync.Mutex
+	series  map[string]*Counter
+	order   []string
+}
+
+// Counter is one monotonically increasing series.
+type Counter struct {
+	v      atomic.Uint64
+	labels string
+}
+
+// Inc adds one.
+func (c *Counter) Inc() { c.v.Add(1) }
+
+// Add adds n.
+func (c *Counter) Add(n uint64) { c.v.Add(n) }
+
+// Value returns the current count.
+func (c *Counter) Value() uint64 { return c.v.Load() }
+
+// NewCounterVec registers a counter family.
+func (r *Registry) NewCounterVec(name, help string, labels ...string) *CounterVec {
+	v := &CounterVec{n: name, help: help, labels: labels, series: map[string]*Counter{}}
+	r.add(v)
+	return v
+}
+
+// NewCounter registers a counter without labels.
+func (r *Registry) NewCounter(name, help string) *Counter {
+	return r.NewCounterVec(name, help).With()
+}
+
+// With returns the series for the given label values, creating it.
+// Callers on hot paths keep the returned counter.
+func (v *CounterVec) With(values ...string) *Counter {
+	key := strings.Join(values, "\x00")
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if c, ok := v.series[key]; ok {
+		return c
+	}
+	c := &Counter{labels: labelString(v.labels, values)}
+	v.series[key] = c
+	v.order = append(v.order, key)
+	sort.Strings(v.order)
+	return c
+}
+
+func (v *CounterVec) name() string { return v.n }
+
+func (v *CounterVec) write(w io.Writer) {
+	header(w, v.n, v.help, "counter")
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, k := range v.order {
+		c := v.series[k]
+		fmt.Fprintf(w, "%s%s %d\n", v.n, c.labels, c.v.Load())
+	}
+}
+
+// gaugeFunc is a gauge read at scrape time.
+type gaugeFunc struct {
+	n, help string
+	f       func() float64
+}
+
+// NewGaugeFunc registers a gauge whose value f returns when scraped.
+func (r *Registry) NewGaugeFunc(name, help string, f func() float64) {
+	r.add(&gaugeFunc{n: name, help: help, f: f})
+}
+
+func (g *gaugeFunc) name() string { return g.n }
+
+func (g *gaugeFunc) write(w io.Writer) {
+	header(w, g.n, g.help, "gauge")
+	fmt.Fprintf(w, "%s %s\n", g.n, formatFloat(g.f()))
+}
+
+// latencyBuckets suit request latencies from 100µs to 10s, in seconds.
+func latencyBuckets() []float64 {
+	return []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+}
+
+// HistogramVec is a family of latency histograms told apart by labels.
+type HistogramVec struct {
+	n, help string
+	labels  []string
+	buckets []float64
+	mu      sync.Mutex
+	series  map[string]*Histogram
+	order   []string
+}
+
+// Histogram counts observations into fixed buckets.
+type Histogram struct {
+	buckets []float64
+	labels  []string // label values
+	keys    []string
+	counts  []atomic.Uint64 // one per bucket, then +Inf
+	sumNano atomic.Uint64
+}
+
+// NewHistogramVec registers a latency histogram family (seconds).
+func (r *Registry) NewHistogramVec(name, help string, labels ...string) *HistogramVec {
+	v := &HistogramVec{n: name, help: help, labels: labels, buckets: latencyBuckets(), series: map[string]*Histogram{}}
+	r.add(v)
+	return v
+}
+
+// With returns the series for the given label values, creating it.
+func (v *HistogramVec) With(values ...string) *Histogram {
+	key := strings.Join(values, "\x00")
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if h, ok := v.series[key]; ok {
+		return h
+	}
+	h := &Histogram{buckets: v.buckets, labels: values, keys: v.labels, counts: make([]atomic.Uint64, len(v.buckets)+1)}
+	v.series[key] = h
+	v.order = append(v.order, key)
+	sort.Strings(v.order)
+	return h
+}
+
+// Observe records one duration.
+func (h *Histogram) Observe(d time.Duration) {
+	s := d.Seconds()
+	i := sort.SearchFloat64s(h.buckets, s)
+	h.counts[i].Add(1)
+	h.sumNano.Add(uint64(max(d, 0)))
+}
+
+func (v *HistogramVec) name() string { return v.n }
+
+func (v *HistogramVec) write(w io.Writer) {
+	header(w, v.n, v.help, "histogram")
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, k := range v.order {
+		h := v.series[k]
+		var cum uint64
+		keys := append(append([]string(nil), h.keys...), "le")
+		for i, b := range v.buckets {
+			cum += h.counts[i].Load()
+			fmt.Fprintf(w, "%s_bucket%s %d\n", v.n, labelString(keys, append(append([]string(nil), h.labels...), formatFloat(b))), cum)
+		}
+		cum += h.counts[len(v.buckets)].Load()
+		fmt.Fprintf(w, "%s_bucket%s %d\n", v.n, labelString(keys, append(append([]string(nil), h.labels...), "+Inf")), cum)
+		ls := labelString(h.keys, h.labels)
+		fmt.Fprintf(w, "%s_sum%s %s\n", v.n, ls, formatFloat(float64(h.sumNano.Load())/1e9))
+		fmt.Fprintf(w, "%s_count%s %d\n", v.n, ls, cum)
+	}
+}
+
+func formatFloat(f float64) string {
+	if math.IsInf(f, 1) {
+		return "+Inf"
+	}
+	return strconv.FormatFloat(f, 'g', -1, 64)
+}
