@@ -21,6 +21,11 @@ import (
 
 // Options configure a broker.
 type Options struct {
+	// ConfigFile is a nats-server configuration file (accounts, TLS,
+	// gateways, anything the server supports). When set it describes the
+	// server entirely: the fields below but LameDuck, ReadyTimeout and
+	// Logger are ignored.
+	ConfigFile string
 	// Name identifies the server in monitoring and clusters.
 	Name string
 	// Listen is the client host:port. Empty means no TCP listener: only
@@ -64,7 +69,7 @@ func New(opts Options) (*Broker, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.DataDir == "" && !opts.NoJetStream {
+	if opts.DataDir == "" && !opts.NoJetStream && opts.ConfigFile == "" {
 		return nil, errors.New("broker: a data directory is required for JetStream")
 	}
 	if opts.ReadyTimeout == 0 {
@@ -72,6 +77,43 @@ func New(opts Options) (*Broker, error) {
 	}
 	if opts.LameDuck == 0 {
 		opts.LameDuck = 10 * time.Second
+	}
+	so, err := serverOptions(opts)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	ns, err := server.NewServer(so)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	ns.SetLoggerV2(&logAdapter{l: opts.Logger.With("component", "nats")}, false, false, false)
+	ns.Start()
+	if !ns.ReadyForConnections(opts.ReadyTimeout) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("broker: not ready within %s (is the port in use?)", opts.ReadyTimeout)
+	}
+	return &Broker{opts: opts, ns: ns, log: opts.Logger}, nil
+}
+
+// Check reports whether opts describe a server that can be started,
+// without starting it: a configuration file is read and parsed.
+func Check(opts Options) error {
+	if opts.DataDir == "" && !opts.NoJetStream && opts.ConfigFile == "" {
+		return errors.New("broker: a data directory is required for JetStream")
+	}
+	_, err := serverOptions(opts)
+	return err
+}
+
+func serverOptions(opts Options) (*server.Options, error) {
+	if opts.ConfigFile != "" {
+		so, err := server.ProcessConfigFile(opts.ConfigFile)
+		if err != nil {
+			return nil, fmt.Errorf("config file: %w", err)
+		}
+		so.NoSigs = true
+		so.LameDuckDuration, so.LameDuckGracePeriod = opts.LameDuck, opts.LameDuck/2
+		return so, nil
 	}
 	so := &server.Options{
 		ServerName:          opts.Name,
@@ -86,35 +128,25 @@ func New(opts Options) (*Broker, error) {
 		so.JetStreamDomain = opts.JetStreamDomain
 	}
 	if err := clustering(so, opts); err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
+		return nil, err
 	}
 	if opts.Listen == "" {
 		so.DontListen = true
 	} else {
 		host, port, err := splitHostPort(opts.Listen)
 		if err != nil {
-			return nil, fmt.Errorf("broker: listen address: %w", err)
+			return nil, fmt.Errorf("listen address: %w", err)
 		}
 		so.Host, so.Port = host, port
 	}
 	if opts.HTTP != "" {
 		host, port, err := splitHostPort(opts.HTTP)
 		if err != nil {
-			return nil, fmt.Errorf("broker: http address: %w", err)
+			return nil, fmt.Errorf("http address: %w", err)
 		}
 		so.HTTPHost, so.HTTPPort = host, port
 	}
-	ns, err := server.NewServer(so)
-	if err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
-	}
-	ns.SetLoggerV2(&logAdapter{l: opts.Logger.With("component", "nats")}, false, false, false)
-	ns.Start()
-	if !ns.ReadyForConnections(opts.ReadyTimeout) {
-		ns.Shutdown()
-		return nil, fmt.Errorf("broker: not ready within %s (is the port in use?)", opts.ReadyTimeout)
-	}
-	return &Broker{opts: opts, ns: ns, log: opts.Logger}, nil
+	return so, nil
 }
 
 // clustering fills the route and leaf node settings.
@@ -201,7 +233,7 @@ func (b *Broker) Server() *server.Server { return b.ns }
 
 // ClientURL is the nats:// URL for TCP clients, or "" without a listener.
 func (b *Broker) ClientURL() string {
-	if b.opts.Listen == "" {
+	if b.ns.Addr() == nil {
 		return ""
 	}
 	return b.ns.ClientURL()
@@ -239,7 +271,7 @@ func (b *Broker) Shutdown(ctx context.Context) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if b.opts.Listen != "" && b.ns.NumClients() > 0 {
+		if b.ns.Addr() != nil && b.ns.NumClients() > 0 {
 			b.ns.LameDuckShutdown()
 			return
 		}

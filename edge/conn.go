@@ -30,8 +30,9 @@ type conn struct {
 	draining  chan struct{} // closed when no more requests will be read
 	flushed   chan struct{} // closed when the write loop has stopped
 
-	user string        // bound user; only the read loop touches it
-	seen atomic.Uint64 // highest log sequence this session has observed
+	user    string        // bound user; only the read loop touches it
+	started time.Time     // when the request being handled was read
+	seen    atomic.Uint64 // highest log sequence this session has observed
 }
 
 func newConn(e *Edge, sock net.Conn) *conn {
@@ -64,6 +65,7 @@ func (c *conn) send(line []byte) {
 	case <-c.done:
 	default:
 		c.e.log.Warn("disconnecting slow client", "remote", c.sock.RemoteAddr().String(), "queued", len(c.out))
+		c.e.metrics.slow.Inc()
 		c.close()
 	}
 }
@@ -135,6 +137,7 @@ func (c *conn) finish(lingerRead bool) {
 
 func (c *conn) readLoop() {
 	defer c.e.wg.Done()
+	defer c.e.connWG.Done()
 	defer c.e.forget(c)
 	dec := proto.NewDecoder(c.sock, c.e.opts.MaxFrame)
 	for {
@@ -167,6 +170,7 @@ func (c *conn) stop(fatal string) {
 	defer cancel()
 	c.logout(ctx)
 	if fatal != "" {
+		c.e.metrics.frameErrors.With(fatal).Inc()
 		c.send(errorLine(fatal, ""))
 	}
 	c.finish(fatal != "")
@@ -179,6 +183,7 @@ type head struct {
 }
 
 func (c *conn) handle(frame []byte) {
+	c.started = time.Now()
 	var h head
 	var cmd string
 	if frame[0] != '{' || json.Unmarshal(frame, &h) != nil || json.Unmarshal(h.Cmd, &cmd) != nil {
@@ -300,6 +305,7 @@ func (c *conn) logout(ctx context.Context) {
 
 // reply writes a direct reply, echoing the request's id when it had one.
 func (c *conn) reply(id json.RawMessage, body []byte) {
+	c.e.metrics.reply(body, time.Since(c.started))
 	c.send(withID(body, id))
 }
 

@@ -19,8 +19,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 
+	"github.com/chatd-io/chatd/internal/metrics"
 	"github.com/chatd-io/chatd/internal/proto"
 )
 
@@ -61,7 +63,11 @@ type Options struct {
 	JetStreamDomain string
 	// Heartbeat is how often the edge tells the workers it is alive.
 	Heartbeat time.Duration
-	Logger    *slog.Logger
+	// Metrics receives the edge's metrics; nil keeps them private.
+	Metrics *metrics.Registry
+	// Version is reported in the edge's NATS service info.
+	Version string
+	Logger  *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -95,6 +101,12 @@ func (o *Options) setDefaults() {
 	if o.Heartbeat == 0 {
 		o.Heartbeat = 5 * time.Second
 	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.Version == "" {
+		o.Version = "0.0.0"
+	}
 }
 
 // Validate reports options that cannot work.
@@ -119,9 +131,9 @@ type Edge struct {
 	ln   net.Listener
 	// id names this edge instance on NATS: workers address file offers
 	// to it, and probes of a user's subject are answered with it.
-	id       string
-	files    *portRange // nil when file transfer is off
-	offerSub *nats.Subscription
+	id    string
+	files *portRange    // nil when file transfer is off
+	svc   micro.Service // chat-edge: status and file offers
 
 	// deliveries is shared by every per-user subscription: one dispatcher
 	// goroutine serves them all instead of one goroutine per user.
@@ -133,9 +145,11 @@ type Edge struct {
 	transfers map[*transfer]struct{}
 	serial    uint64 // orders sessions by login, newest highest
 	registry  *registry
+	metrics   *edgeMetrics
 
 	closing chan struct{}
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // every goroutine of the edge
+	connWG  sync.WaitGroup // client connections' read loops
 }
 
 // userEntry is one user's sessions on this edge, each with its login
@@ -170,23 +184,62 @@ func New(opts Options) (*Edge, error) {
 		transfers:  make(map[*transfer]struct{}),
 		closing:    make(chan struct{}),
 	}
+	e.metrics = newEdgeMetrics(opts.Metrics, e)
 	if opts.FilePortLo > 0 {
 		e.files = &portRange{lo: opts.FilePortLo, hi: opts.FilePortHi}
-		if e.offerSub, err = e.nc.Subscribe(proto.EdgeFileSubject(e.id), e.takeOffer); err != nil {
-			return nil, fmt.Errorf("edge: file offers: %w", err)
-		}
 	}
 	if e.ln, err = net.Listen("tcp", opts.Listen); err != nil {
-		if e.offerSub != nil {
-			_ = e.offerSub.Unsubscribe()
-		}
 		return nil, fmt.Errorf("edge: %w", err)
+	}
+	if err := e.addService(); err != nil {
+		_ = e.ln.Close()
+		return nil, err
 	}
 	e.registry = newRegistry(e)
 	e.wg.Add(2)
 	go e.dispatch()
 	go e.registry.run()
 	return e, nil
+}
+
+// ServiceName is the NATS micro service every edge registers, so that
+// `nats micro ls` lists edges beside workers.
+const ServiceName = "chat-edge"
+
+// addService registers the edge's service: a status endpoint, and the
+// endpoint workers hand file offers to. Both subjects are this edge's own.
+func (e *Edge) addService() error {
+	svc, err := micro.AddService(e.nc, micro.Config{
+		Name:        ServiceName,
+		Version:     e.opts.Version,
+		Description: "chatd client listener",
+		Metadata:    map[string]string{"name": e.opts.Name, "edge_id": e.id, "listen": e.ln.Addr().String()},
+	})
+	if err != nil {
+		return fmt.Errorf("edge: add service: %w", err)
+	}
+	err = svc.AddEndpoint("status", micro.HandlerFunc(e.status),
+		micro.WithEndpointSubject(proto.EdgePrefix+e.id+".status"))
+	if err == nil && e.files != nil {
+		err = svc.AddEndpoint("file_offer", micro.HandlerFunc(e.takeOffer),
+			micro.WithEndpointSubject(proto.EdgeFileSubject(e.id)))
+	}
+	if err != nil {
+		_ = svc.Stop()
+		return fmt.Errorf("edge: add endpoint: %w", err)
+	}
+	e.svc = svc
+	return nil
+}
+
+// status answers what an operator asks an edge with `nats req`.
+func (e *Edge) status(req micro.Request) {
+	e.mu.Lock()
+	st := map[string]any{"name": e.opts.Name, "edge_id": e.id, "listen": e.ln.Addr().String(),
+		"connections": len(e.conns), "users": len(e.users), "file_transfers": len(e.transfers)}
+	e.mu.Unlock()
+	st["sessions"] = e.Sessions()
+	_ = req.RespondJSON(st)
 }
 
 func newJetStream(nc *nats.Conn, domain string) (jetstream.JetStream, error) {
@@ -220,18 +273,24 @@ func (e *Edge) Serve() error {
 			_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: e.opts.KeepAlive,
 				Interval: 10 * time.Second, Count: 3})
 		}
+		e.metrics.accepted.Inc()
 		c := newConn(e, nc)
 		e.mu.Lock()
 		e.conns[c] = struct{}{}
 		e.mu.Unlock()
 		e.wg.Add(2)
+		e.connWG.Add(1)
 		go c.writeLoop()
 		go c.readLoop()
 	}
 }
 
-// Shutdown stops accepting, closes every client connection (each ends its
-// session, so friends see it go offline) and waits for that, bounded by ctx.
+// Shutdown drains the edge. It stops accepting, tells every client the
+// edge is going away, lets each connection finish the request it is
+// handling, ends its session (friends hear of it unless the user is
+// logged in elsewhere) and closes it once its replies are written.
+// Messages that were on their way to this edge's sessions are kept for
+// them by the workers. ctx bounds the wait; connections left then are cut.
 func (e *Edge) Shutdown(ctx context.Context) error {
 	select {
 	case <-e.closing:
@@ -239,12 +298,11 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		close(e.closing)
 	}
 	err := e.ln.Close()
-	if e.offerSub != nil {
-		_ = e.offerSub.Unsubscribe()
-	}
+	_ = e.svc.Stop()
 	e.mu.Lock()
+	conns := make([]*conn, 0, len(e.conns))
 	for c := range e.conns {
-		c.close()
+		conns = append(conns, c)
 	}
 	transfers := make([]*transfer, 0, len(e.transfers))
 	for t := range e.transfers {
@@ -253,6 +311,20 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	e.mu.Unlock()
 	for _, t := range transfers {
 		t.end("aborted", true)
+	}
+	for _, c := range conns {
+		c.send([]byte(`{"cmd":"server_shutdown","reason":"this server is going away; connect again"}` + "\n"))
+		// The next read fails at once; the request in hand is finished first.
+		_ = c.sock.SetReadDeadline(time.Now())
+	}
+	drained := make(chan struct{})
+	go func() { e.connWG.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		for _, c := range conns {
+			c.close()
+		}
 	}
 	done := make(chan struct{})
 	go func() { e.wg.Wait(); close(done) }()
@@ -265,6 +337,19 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// Ready reports whether the edge should be sent clients.
+func (e *Edge) Ready() error {
+	select {
+	case <-e.closing:
+		return errors.New("shutting down")
+	default:
+	}
+	if !e.nc.IsConnected() {
+		return errors.New("not connected to NATS")
+	}
+	return nil
 }
 
 // Sessions is the number of logged-in connections.
@@ -497,6 +582,7 @@ func (e *Edge) deliver(m *nats.Msg) {
 			c.observe(seq)
 			c.send(line)
 		}
+		e.metrics.delivered(m.Data, len(sessions))
 		if m.Reply != "" {
 			_ = m.Respond(nil)
 		}

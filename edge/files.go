@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 
 	"github.com/chatd-io/chatd/internal/proto"
@@ -185,6 +187,11 @@ func (t *transfer) end(reason string, tellPeer bool) {
 		t.e.mu.Lock()
 		delete(t.e.transfers, t)
 		t.e.mu.Unlock()
+		side := "receive"
+		if t.sending {
+			side = "send"
+		}
+		t.e.metrics.transfers.With(side, cmp.Or(reason, "success")).Inc()
 		if reason == "" {
 			return
 		}
@@ -411,6 +418,7 @@ func (t *transfer) writeChunk(m *nats.Msg) {
 		return
 	}
 	t.written += int64(len(m.Data))
+	t.e.metrics.fileBytes.Add(uint64(len(m.Data)))
 	t.progress.Store(time.Now().UnixNano())
 	if t.sinceCredit++; t.sinceCredit >= fileWindow/2 {
 		if err := t.publish(proto.KindCredit, []byte(strconv.Itoa(t.sinceCredit)), 0); err != nil {
@@ -478,7 +486,9 @@ func (c *conn) sendFile(id json.RawMessage, frame []byte) {
 		c.reply(id, proto.Result("send_file", "unavailable"))
 	case res.Result == proto.FileRelay || res.Result == proto.FileStore:
 		t.stored = res.Result == proto.FileStore
-		c.send(t.portReply(id))
+		port := t.portReply(nil)
+		c.e.metrics.reply(port, time.Since(c.started))
+		c.send(withID(port, id))
 		t.begin()
 	default:
 		t.end("", false)
@@ -489,9 +499,9 @@ func (c *conn) sendFile(id json.RawMessage, frame []byte) {
 // takeOffer is called by a worker that chose this edge to serve a file's
 // recipient. It answers "ok" once the recipient has a port and the relay
 // subject is subscribed, so the sender may start as soon as it hears back.
-func (e *Edge) takeOffer(m *nats.Msg) {
+func (e *Edge) takeOffer(m micro.Request) {
 	var offer proto.FileOffer
-	if err := json.Unmarshal(m.Data, &offer); err != nil || offer.ID == "" || offer.Object != "" {
+	if err := json.Unmarshal(m.Data(), &offer); err != nil || offer.ID == "" || offer.Object != "" {
 		_ = m.Respond([]byte("invalid"))
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -108,6 +109,8 @@ type applier struct {
 	log    *slog.Logger
 	delay  time.Duration
 
+	pending atomic.Uint64 // events in the stream after the last one applied
+
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced after every apply
 	err     error         // a store failure stops applying for good
@@ -148,6 +151,7 @@ func (a *applier) handle(msg jetstream.Msg) {
 		return
 	}
 	seq := md.Sequence.Stream
+	a.pending.Store(md.NumPending)
 	if a.delay > 0 {
 		time.Sleep(a.delay)
 	}

@@ -282,8 +282,10 @@ func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
 		return nil, err
 	}
 	if !delivered {
+		w.metrics.private.With("stored").Inc()
 		return result(c.cmd, "offline", "user_to", to), nil
 	}
+	w.metrics.private.With("delivered").Inc()
 	return result(c.cmd, "success", "user_to", to), nil
 }
 
@@ -312,6 +314,7 @@ func (w *Worker) groupChat(ctx context.Context, c *call) ([]byte, error) {
 	for _, m := range members {
 		if m != c.user {
 			w.notify(m, 0, msg)
+			w.metrics.groupFanout.Inc()
 		}
 	}
 	return result(c.cmd, "success", "group", group), nil

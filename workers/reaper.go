@@ -133,6 +133,7 @@ func (r *reaper) reap(ctx context.Context, edgeID string, rev uint64) {
 	if err := r.kv.Delete(ctx, proto.EdgeKey(edgeID), jetstream.LastRevision(rev)); err != nil {
 		return // it beat again, or another worker is on it
 	}
+	r.w.metrics.reaped.Inc()
 	keys, err := r.kv.ListKeysFiltered(ctx, proto.SessionKeyPrefix(edgeID)+">")
 	if err != nil {
 		r.w.log.Warn("listing a dead edge's sessions failed", "edge", edgeID, "err", err)

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/chatd-io/chatd/internal/metrics"
 	"github.com/chatd-io/chatd/internal/proto"
 	"github.com/chatd-io/chatd/storage"
 )
@@ -59,7 +60,9 @@ type Options struct {
 	// ApplyDelay slows applying each event down; it exists so tests can
 	// play a worker whose store lags far behind the log.
 	ApplyDelay time.Duration
-	Logger     *slog.Logger
+	// Metrics receives the worker's metrics; nil keeps them private.
+	Metrics *metrics.Registry
+	Logger  *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -88,7 +91,10 @@ func (o *Options) setDefaults() {
 		o.MaxInFlight = 1024
 	}
 	if o.Version == "" {
-		o.Version = "0.1.0"
+		o.Version = "0.0.0"
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
 	}
 }
 
@@ -121,6 +127,7 @@ type Worker struct {
 	inbox   *inbox
 	events  jetstream.ConsumeContext
 	svc     micro.Service
+	metrics *workerMetrics
 
 	stop     context.CancelFunc // ends background work: the reaper
 	inflight chan struct{}      // semaphore for handlers
@@ -150,6 +157,7 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 		inflight: make(chan struct{}, opts.MaxInFlight),
 		hashing:  make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}
+	w.metrics = newWorkerMetrics(opts.Metrics, w)
 	var err error
 	if opts.DataDir == "" {
 		w.store, err = storage.OpenMem()
@@ -290,6 +298,32 @@ func retry(ctx context.Context, log *slog.Logger, what string, fn func() error) 
 // Ready reports whether the worker has caught up and is serving.
 func (w *Worker) Ready() bool { return w.ready.Load() }
 
+// Health reports a worker that cannot recover by itself: its store
+// failed, so it no longer follows the log.
+func (w *Worker) Health() error {
+	if w.applier == nil {
+		return nil
+	}
+	w.applier.mu.Lock()
+	defer w.applier.mu.Unlock()
+	if w.applier.err != nil {
+		return fmt.Errorf("store stopped following the log: %w", w.applier.err)
+	}
+	return nil
+}
+
+// Readiness reports whether the worker should be sent requests: caught up
+// with the log, healthy, and connected.
+func (w *Worker) Readiness() error {
+	switch {
+	case !w.ready.Load():
+		return errors.New("catching up with the log")
+	case !w.nc.IsConnected():
+		return errors.New("not connected to NATS")
+	}
+	return w.Health()
+}
+
 // Store exposes the query store, for tests.
 func (w *Worker) Store() storage.Store { return w.store }
 
@@ -360,6 +394,7 @@ func (w *Worker) endpoint(cmd string, h handler) micro.Handler {
 }
 
 func (w *Worker) serve(req micro.Request, cmd string, h handler) {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), w.opts.ReadWait+w.opts.DeliverTimeout+time.Second)
 	defer cancel()
 	hdr := req.Headers()
@@ -402,6 +437,7 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 	if c.more {
 		out[proto.HdrMore] = []string{"1"}
 	}
+	w.metrics.served(cmd, body, time.Since(start))
 	if c.isError {
 		err = req.Error("500", "internal error", body, micro.WithHeaders(out))
 	} else {

@@ -1,0 +1,78 @@
+package edge
+
+import (
+	"strings"
+	"time"
+
+	"github.com/chatd-io/chatd/internal/metrics"
+	"github.com/chatd-io/chatd/internal/proto"
+)
+
+// edgeMetrics is what an edge reports on /metrics.
+type edgeMetrics struct {
+	commands    *metrics.CounterVec
+	latency     *metrics.HistogramVec
+	deliveries  *metrics.CounterVec
+	slow        *metrics.Counter
+	frameErrors *metrics.CounterVec
+	accepted    *metrics.Counter
+	transfers   *metrics.CounterVec
+	fileBytes   *metrics.Counter
+}
+
+func newEdgeMetrics(reg *metrics.Registry, e *Edge) *edgeMetrics {
+	reg.NewGaugeFunc("chatd_edge_connections", "Open client connections.", func() float64 {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return float64(len(e.conns))
+	})
+	reg.NewGaugeFunc("chatd_edge_sessions", "Logged-in client connections.", func() float64 { return float64(e.Sessions()) })
+	reg.NewGaugeFunc("chatd_edge_users", "Distinct users with a session on this edge.", func() float64 {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return float64(len(e.users))
+	})
+	reg.NewGaugeFunc("chatd_edge_file_transfers_active", "File transfers in progress on this edge.", func() float64 {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return float64(len(e.transfers))
+	})
+	reg.NewGaugeFunc("chatd_edge_nats_reconnects", "Times the edge's NATS connection was re-established.", func() float64 {
+		return float64(e.nc.Stats().Reconnects)
+	})
+	return &edgeMetrics{
+		commands: reg.NewCounterVec("chatd_edge_commands_total",
+			"Client commands answered, by command and result.", "cmd", "result"),
+		latency: reg.NewHistogramVec("chatd_edge_command_seconds",
+			"Time from reading a command to queueing its reply, by command.", "cmd"),
+		deliveries: reg.NewCounterVec("chatd_edge_deliveries_total",
+			"Lines delivered to client sessions from user subjects, by kind.", "cmd"),
+		slow: reg.NewCounter("chatd_edge_slow_disconnects_total",
+			"Clients disconnected because they did not read their messages fast enough."),
+		frameErrors: reg.NewCounterVec("chatd_edge_frame_errors_total",
+			"Connections closed for a broken byte stream, by reason.", "reason"),
+		accepted: reg.NewCounter("chatd_edge_connections_accepted_total", "Client connections accepted."),
+		transfers: reg.NewCounterVec("chatd_edge_file_transfers_total",
+			"File transfer sides ended on this edge, by side and result.", "side", "result"),
+		fileBytes: reg.NewCounter("chatd_edge_file_bytes_total", "File bytes written to receiving clients."),
+	}
+}
+
+// reply records a direct reply to a command that took took.
+func (m *edgeMetrics) reply(body []byte, took time.Duration) {
+	cmd := strings.TrimSuffix(proto.StrField(body, "cmd"), "_reply")
+	result := proto.StrField(body, "result")
+	switch cmd {
+	case "pong":
+		cmd, result = "ping", "success"
+	case "send_file_port":
+		cmd, result = "send_file", "accepted"
+	}
+	m.commands.With(cmd, result).Inc()
+	m.latency.With(cmd).Observe(took)
+}
+
+// delivered counts a line written to sessions from a user subject.
+func (m *edgeMetrics) delivered(line []byte, sessions int) {
+	m.deliveries.With(proto.StrField(line, "cmd")).Add(uint64(sessions))
+}
