@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 
 	"github.com/chatd-io/chatd/broker"
 	"github.com/chatd-io/chatd/edge"
+	"github.com/chatd-io/chatd/internal/metrics"
 	"github.com/chatd-io/chatd/internal/proto"
 	"github.com/chatd-io/chatd/workers"
 )
@@ -93,12 +95,15 @@ type usageError struct{ error }
 type flagSet struct {
 	*flag.FlagSet
 	logLevel string
+	check    bool
+	set      map[string]bool // flags given on the command line or in the environment
 }
 
 func newFlagSet(name string, stderr io.Writer) *flagSet {
-	fs := &flagSet{FlagSet: flag.NewFlagSet("chatd "+name, flag.ContinueOnError)}
+	fs := &flagSet{FlagSet: flag.NewFlagSet("chatd "+name, flag.ContinueOnError), set: map[string]bool{}}
 	fs.SetOutput(stderr)
 	fs.StringVar(&fs.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&fs.check, "check", false, "check the configuration (flags, environment, files), print it and exit")
 	return fs
 }
 
@@ -114,15 +119,15 @@ func (fs *flagSet) parse(args []string) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	fs.Visit(func(f *flag.Flag) { fs.set[f.Name] = true })
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		env := "CHATD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok && !set[f.Name] && err == nil {
+		if v, ok := os.LookupEnv(env); ok && !fs.set[f.Name] && err == nil {
 			if serr := f.Value.Set(v); serr != nil {
 				err = usageError{fmt.Errorf("%s=%q: %w", env, v, serr)}
 			}
+			fs.set[f.Name] = true
 		}
 	})
 	return err
@@ -136,7 +141,60 @@ func (fs *flagSet) logger(stderr io.Writer) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
 }
 
-// common flags of the roles that serve clients or commands.
+// checked logs the effective configuration for --check.
+func checked(log *slog.Logger, mode string, attrs ...any) error {
+	log.Info("configuration ok", append([]any{"mode", mode, "version", version}, attrs...)...)
+	return nil
+}
+
+// brokerFlags configure the embedded NATS server.
+type brokerFlags struct {
+	natsListen, http, name, jsDomain   string
+	clusterName, clusterListen, routes string
+	leafListen, leafRemote, config     string
+	lameDuck                           time.Duration
+	jetStream                          bool
+}
+
+func (f *brokerFlags) register(fs *flagSet, natsListen, natsListenHelp string) {
+	fs.StringVar(&f.natsListen, "nats-listen", natsListen, natsListenHelp)
+	fs.StringVar(&f.http, "http", "127.0.0.1:8222", "NATS monitoring address (/varz /connz /subsz /jsz /healthz); empty disables")
+	fs.StringVar(&f.name, "name", hostname(), "server name; unique within a cluster")
+	fs.DurationVar(&f.lameDuck, "lame-duck", 10*time.Second, "how long a broker shutdown spreads client disconnects over")
+	fs.BoolVar(&f.jetStream, "jetstream", true, "run JetStream here; a leaf region's server may run without it")
+	fs.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain name, so that leaf regions can reach this JetStream")
+	fs.StringVar(&f.clusterName, "cluster-name", "chatd", "cluster name, the same on every server of a cluster")
+	fs.StringVar(&f.clusterListen, "cluster-listen", "", "route address for other servers of this cluster (host:port)")
+	fs.StringVar(&f.routes, "routes", "", "comma-separated route URLs of the servers of this cluster")
+	fs.StringVar(&f.leafListen, "leafnode-listen", "", "accept leaf node connections from other regions here (host:port)")
+	fs.StringVar(&f.leafRemote, "leafnode-remote", "", "comma-separated nats-leaf:// URLs of a hub to join as a leaf node")
+	fs.StringVar(&f.config, "nats-config", "", "nats-server configuration file (TLS, accounts, gateways…); replaces the NATS flags above")
+}
+
+func (f *brokerFlags) options(fs *flagSet, data string, log *slog.Logger) (broker.Options, error) {
+	if f.config != "" {
+		// The flags a --nats-config file replaces.
+		for _, n := range []string{"nats-listen", "http", "jetstream", "js-domain", "cluster-name",
+			"cluster-listen", "routes", "leafnode-listen", "leafnode-remote"} {
+			if fs.set[n] {
+				return broker.Options{}, usageError{fmt.Errorf("--%s and --nats-config exclude each other: set it in the file", n)}
+			}
+		}
+	}
+	if f.routes != "" && f.clusterListen == "" {
+		return broker.Options{}, usageError{errors.New("--routes needs --cluster-listen")}
+	}
+	opts := broker.Options{ConfigFile: f.config, Name: f.name, Listen: f.natsListen, HTTP: f.http, DataDir: data,
+		LameDuck: f.lameDuck, NoJetStream: !f.jetStream, JetStreamDomain: f.jsDomain, ClusterName: f.clusterName,
+		ClusterListen: f.clusterListen, Routes: splitList(f.routes), LeafListen: f.leafListen,
+		LeafRemotes: splitList(f.leafRemote), Logger: log}
+	if err := broker.Check(opts); err != nil {
+		return broker.Options{}, usageError{err}
+	}
+	return opts, nil
+}
+
+// edgeFlags configure the client listener.
 type edgeFlags struct {
 	listen         string
 	maxFrame       int
@@ -148,7 +206,7 @@ type edgeFlags struct {
 	jsDomain       string
 }
 
-func (f *edgeFlags) register(fs *flagSet, listen string) {
+func (f *edgeFlags) register(fs *flagSet, listen string, withDomain bool) {
 	fs.StringVar(&f.listen, "listen", listen, "client TCP address")
 	fs.IntVar(&f.maxFrame, "max-frame", proto.DefaultMaxFrame, "largest client JSON object in bytes")
 	fs.DurationVar(&f.requestTimeout, "request-timeout", 5*time.Second, "how long a client waits for a worker before \"unavailable\"")
@@ -158,16 +216,19 @@ func (f *edgeFlags) register(fs *flagSet, listen string) {
 	f.fileMax = 4 << 30
 	fs.Var(&f.fileMax, "file-max", "largest file accepted (bytes, or with KiB, MiB, GiB)")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 5*time.Second, "how often the edge tells the workers it is alive")
-	fs.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain of the hub, for an edge in a leaf region")
+	if withDomain {
+		fs.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain of the hub, for an edge in a leaf region")
+	}
 }
 
-func (f *edgeFlags) options(nc *nats.Conn, name string, log *slog.Logger) edge.Options {
+func (f *edgeFlags) options(nc *nats.Conn, name string, reg *metrics.Registry, log *slog.Logger) edge.Options {
 	return edge.Options{Listen: f.listen, Conn: nc, Name: name, MaxFrame: f.maxFrame,
 		RequestTimeout: f.requestTimeout, FilePortLo: f.filePorts.lo, FilePortHi: f.filePorts.hi,
 		FileTimeout: f.fileTimeout, FileMaxSize: int64(f.fileMax), Heartbeat: f.heartbeat, JetStreamDomain: f.jsDomain,
-		Logger: log.With("role", "edge")}
+		Metrics: reg, Version: version, Logger: log.With("role", "edge")}
 }
 
+// workerFlags configure the command handlers.
 type workerFlags struct {
 	hashCost int
 	replicas int
@@ -184,10 +245,22 @@ func (f *workerFlags) register(fs *flagSet) {
 	fs.DurationVar(&f.deadEdge, "edge-dead-after", 15*time.Second, "an edge silent this long is given up: its users' friends are told they went offline")
 }
 
-func (f *workerFlags) options(nc *nats.Conn, dir, name string, log *slog.Logger) workers.Options {
+func (f *workerFlags) options(nc *nats.Conn, dir, name string, reg *metrics.Registry, log *slog.Logger) workers.Options {
 	return workers.Options{Conn: nc, DataDir: dir, Name: name, Version: version, HashCost: f.hashCost,
 		Replicas: f.replicas, InboxMaxAge: f.inboxAge, FileMaxAge: f.fileAge, EdgeDeadAfter: f.deadEdge,
-		Logger: log.With("role", "worker")}
+		Metrics: reg, Logger: log.With("role", "worker")}
+}
+
+func (f *workerFlags) validate(edgeOpts *edge.Options) error {
+	if err := f.options(nil, "", "", nil, slog.Default()).Validate(); err != nil {
+		return usageError{err}
+	}
+	if edgeOpts != nil {
+		if err := edgeOpts.Validate(); err != nil {
+			return usageError{err}
+		}
+	}
+	return nil
 }
 
 func hostname() string {
@@ -198,16 +271,79 @@ func hostname() string {
 	return h
 }
 
+// monitor serves /healthz, /readyz and /metrics for an edge or a worker.
+type monitor struct {
+	reg   *metrics.Registry
+	mu    sync.Mutex
+	ready []func() error // empty until the role is up
+	srv   *metrics.Server
+}
+
+// startMonitor listens on addr ("" for none). Until the role is up,
+// /readyz says so; /healthz answers as soon as the process serves HTTP.
+func startMonitor(addr string, log *slog.Logger) (*monitor, error) {
+	m := &monitor{reg: metrics.New()}
+	if addr == "" {
+		return m, nil
+	}
+	ready := func() error {
+		m.mu.Lock()
+		checks := m.ready
+		m.mu.Unlock()
+		if len(checks) == 0 {
+			return errors.New("starting")
+		}
+		return errors.Join(runChecks(checks)...)
+	}
+	healthy := func() error { return nil }
+	srv, err := metrics.Listen(addr, metrics.Handler(m.reg, healthy, ready), log)
+	if err != nil {
+		return nil, err
+	}
+	m.srv = srv
+	return m, nil
+}
+
+func runChecks(checks []func() error) []error {
+	var errs []error
+	for _, c := range checks {
+		errs = append(errs, c())
+	}
+	return errs
+}
+
+// up adds the readiness checks of a role that is now running.
+func (m *monitor) up(checks ...func() error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ready = append(m.ready, checks...)
+}
+
+func (m *monitor) addr() string {
+	if m.srv == nil {
+		return ""
+	}
+	return m.srv.Addr()
+}
+
+func (m *monitor) close() {
+	if m.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = m.srv.Close(ctx)
+	}
+}
+
 func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("all", stderr)
+	var bf brokerFlags
 	var ef edgeFlags
 	var wf workerFlags
-	ef.register(fs, "127.0.0.1:8000")
+	bf.register(fs, "", "let external edges, workers and the nats CLI connect here (host:port); off by default")
+	ef.register(fs, "127.0.0.1:8000", false)
 	wf.register(fs)
 	data := fs.String("data", "./data", "data directory (JetStream store and the worker's LevelDB)")
-	natsListen := fs.String("nats-listen", "", "let external edges, workers and the nats CLI connect here (host:port); off by default")
-	httpAddr := fs.String("http", "127.0.0.1:8222", "NATS monitoring address (/varz /connz /jsz /healthz); empty disables")
-	name := fs.String("name", hostname(), "server name")
+	monitorAddr := fs.String("metrics", "127.0.0.1:9090", "address for /healthz, /readyz and /metrics; empty disables")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -215,74 +351,83 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := wf.options(nil, "", *name, log).Validate(); err != nil {
-		return usageError{err}
+	eopts := ef.options(nil, bf.name, nil, log)
+	if err := wf.validate(&eopts); err != nil {
+		return err
 	}
-	b, err := broker.New(broker.Options{Name: *name, Listen: *natsListen, HTTP: *httpAddr, DataDir: *data,
-		Logger: quietNATS(log)})
+	bopts, err := bf.options(fs, *data, quietNATS(log))
+	if err != nil {
+		return err
+	}
+	if fs.check {
+		return checked(log, "all", "client", ef.listen, "nats", orOff(bf.natsListen), "http", orOff(bf.http),
+			"data", *data, "nats_config", orOff(bf.config))
+	}
+	mon, err := startMonitor(*monitorAddr, log)
+	if err != nil {
+		return err
+	}
+	defer mon.close()
+	b, err := broker.New(bopts)
 	if err != nil {
 		return err
 	}
 	defer shutdownBroker(b)
-	wnc, err := b.Connect("chatd-worker " + *name)
+	wnc, err := b.Connect("chatd-worker " + bf.name)
 	if err != nil {
 		return err
 	}
 	defer wnc.Close()
-	w, err := workers.New(ctx, wf.options(wnc, filepath.Join(*data, "worker"), *name, log))
+	w, err := workers.New(ctx, wf.options(wnc, filepath.Join(*data, "worker"), bf.name, mon.reg, log))
 	if err != nil {
 		return err
 	}
 	defer closeWorker(w, log)
-	enc, err := b.Connect("chatd-edge " + *name)
+	enc, err := b.Connect("chatd-edge " + bf.name)
 	if err != nil {
 		return err
 	}
 	defer enc.Close()
-	e, err := edge.New(ef.options(enc, *name, log))
+	e, err := edge.New(ef.options(enc, bf.name, mon.reg, log))
 	if err != nil {
 		return err
 	}
+	mon.up(w.Readiness, e.Ready)
 	log.Info("chatd ready", "mode", "all", "client", e.Addr().String(), "nats", orOff(b.ClientURL()),
-		"http", orOff(b.MonitorAddr()), "data", *data, "version", version)
+		"http", orOff(b.MonitorAddr()), "metrics", orOff(mon.addr()), "data", *data, "version", version)
 	return serveEdge(ctx, e, log)
 }
 
 func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("broker", stderr)
-	natsListen := fs.String("nats-listen", "127.0.0.1:4222", "client address for edges, workers and the nats CLI")
-	httpAddr := fs.String("http", "127.0.0.1:8222", "monitoring address (/varz /connz /jsz /healthz); empty disables")
+	var bf brokerFlags
+	bf.register(fs, "127.0.0.1:4222", "client address for edges, workers and the nats CLI")
 	data := fs.String("data", "./data", "JetStream store directory")
-	name := fs.String("name", hostname(), "server name; unique within a cluster")
-	lameDuck := fs.Duration("lame-duck", 10*time.Second, "how long shutdown spreads client disconnects over")
-	jetStream := fs.Bool("jetstream", true, "run JetStream here; a leaf region's server may run without it")
-	jsDomain := fs.String("js-domain", "", "JetStream domain name, so that leaf regions can reach this JetStream")
-	clusterName := fs.String("cluster-name", "chatd", "cluster name, the same on every server of a cluster")
-	clusterListen := fs.String("cluster-listen", "", "route address for other servers of this cluster (host:port)")
-	routes := fs.String("routes", "", "comma-separated route URLs of the other servers of this cluster")
-	leafListen := fs.String("leafnode-listen", "", "accept leaf node connections from other regions here (host:port)")
-	leafRemote := fs.String("leafnode-remote", "", "comma-separated nats-leaf:// URLs of a hub to join as a leaf node")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	if *natsListen == "" {
+	if bf.natsListen == "" && bf.config == "" {
 		return usageError{errors.New("--nats-listen is required")}
-	}
-	if *routes != "" && *clusterListen == "" {
-		return usageError{errors.New("--routes needs --cluster-listen")}
 	}
 	log, err := fs.logger(stderr)
 	if err != nil {
 		return err
 	}
-	b, err := broker.New(broker.Options{Name: *name, Listen: *natsListen, HTTP: *httpAddr, DataDir: *data,
-		LameDuck: *lameDuck, NoJetStream: !*jetStream, JetStreamDomain: *jsDomain, ClusterName: *clusterName, ClusterListen: *clusterListen,
-		Routes: splitList(*routes), LeafListen: *leafListen, LeafRemotes: splitList(*leafRemote), Logger: log})
+	opts, err := bf.options(fs, *data, log)
+	if err != nil {
+		return err
+	}
+	if fs.check {
+		return checked(log, "broker", "nats", bf.natsListen, "http", orOff(bf.http), "cluster", orOff(bf.clusterListen),
+			"leafnodes", orOff(bf.leafListen), "data", *data, "nats_config", orOff(bf.config))
+	}
+	b, err := broker.New(opts)
 	if err != nil {
 		return err
 	}
 	log.Info("chatd ready", "mode", "broker", "nats", b.ClientURL(), "http", orOff(b.MonitorAddr()),
-		"cluster", orOff(b.ClusterAddr()), "leafnodes", orOff(*leafListen), "jetstream", *jetStream, "data", *data, "version", version)
+		"cluster", orOff(b.ClusterAddr()), "leafnodes", orOff(bf.leafListen), "jetstream", bf.jetStream,
+		"data", *data, "version", version)
 	<-ctx.Done()
 	log.Info("shutting down")
 	shutdownBroker(b)
@@ -292,9 +437,10 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("edge", stderr)
 	var ef edgeFlags
-	ef.register(fs, ":8000")
+	ef.register(fs, ":8000", true)
 	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "NATS server URL(s), comma separated")
 	name := fs.String("name", hostname(), "edge name, shown in NATS monitoring")
+	monitorAddr := fs.String("metrics", "", "address for /healthz, /readyz and /metrics; empty disables")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -302,16 +448,30 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := ef.options(nil, *name, nil, log).Validate(); err != nil {
+		return usageError{err}
+	}
+	if fs.check {
+		return checked(log, "edge", "client", ef.listen, "nats", *natsURL, "file_ports", ef.filePorts.String(),
+			"metrics", orOff(*monitorAddr))
+	}
+	mon, err := startMonitor(*monitorAddr, log)
+	if err != nil {
+		return err
+	}
+	defer mon.close()
 	nc, err := connect(ctx, *natsURL, "chatd-edge "+*name, log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	e, err := edge.New(ef.options(nc, *name, log))
+	e, err := edge.New(ef.options(nc, *name, mon.reg, log))
 	if err != nil {
 		return err
 	}
-	log.Info("chatd ready", "mode", "edge", "client", e.Addr().String(), "nats", nc.ConnectedUrlRedacted(), "version", version)
+	mon.up(e.Ready)
+	log.Info("chatd ready", "mode", "edge", "client", e.Addr().String(), "nats", nc.ConnectedUrlRedacted(),
+		"metrics", orOff(mon.addr()), "version", version)
 	return serveEdge(ctx, e, log)
 }
 
@@ -322,6 +482,8 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "NATS server URL(s), comma separated")
 	data := fs.String("data", "./data/worker", "LevelDB directory, one per worker process")
 	name := fs.String("name", hostname(), "worker name, shown in NATS monitoring")
+	jsDomain := fs.String("js-domain", "", "JetStream domain of the hub, for a worker outside it")
+	monitorAddr := fs.String("metrics", "", "address for /healthz, /readyz and /metrics; empty disables")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -329,19 +491,31 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := wf.options(nil, *data, *name, log).Validate(); err != nil {
-		return usageError{err}
+	if err := wf.validate(nil); err != nil {
+		return err
 	}
+	if fs.check {
+		return checked(log, "worker", "nats", *natsURL, "data", *data, "metrics", orOff(*monitorAddr))
+	}
+	mon, err := startMonitor(*monitorAddr, log)
+	if err != nil {
+		return err
+	}
+	defer mon.close()
 	nc, err := connect(ctx, *natsURL, "chatd-worker "+*name, log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	w, err := workers.New(ctx, wf.options(nc, *data, *name, log))
+	opts := wf.options(nc, *data, *name, mon.reg, log)
+	opts.JetStreamDomain = *jsDomain
+	w, err := workers.New(ctx, opts)
 	if err != nil {
 		return err
 	}
-	log.Info("chatd ready", "mode", "worker", "nats", nc.ConnectedUrlRedacted(), "data", *data, "version", version)
+	mon.up(w.Readiness)
+	log.Info("chatd ready", "mode", "worker", "nats", nc.ConnectedUrlRedacted(), "data", *data,
+		"metrics", orOff(mon.addr()), "version", version)
 	<-ctx.Done()
 	log.Info("shutting down")
 	closeWorker(w, log)
