@@ -38,7 +38,7 @@ func (w *Worker) sendFile(ctx context.Context, c *call) ([]byte, error) {
 	}
 	to, ok := c.name("to_user")
 	filename, _, okName := c.f.str("filename")
-	size, okLen := proto.FileLength(c.f["length"], 1<<62)
+	size, okLen := proto.FileLength(c.f.raw("length"), 1<<62)
 	if !ok || to == c.user || !okName || !proto.ValidFilename(filename) || !okLen || c.transfer == "" {
 		return result(c.cmd, "invalid"), nil
 	}
@@ -49,7 +49,7 @@ func (w *Worker) sendFile(ctx context.Context, c *call) ([]byte, error) {
 	if err != nil || !friends {
 		return result(c.cmd, "not_friend", "user", to), err
 	}
-	offer := proto.FileOffer{ID: c.transfer, From: c.user, To: to, Length: c.f["length"], Size: size, Filename: filename}
+	offer := proto.FileOffer{ID: c.transfer, From: c.user, To: to, Length: c.f.raw("length"), Size: size, Filename: filename}
 	for range 2 { // the chosen edge may lose the user between probe and offer
 		edgeID, err := w.holder(ctx, to)
 		if err != nil {

@@ -42,17 +42,6 @@ func (w *Worker) internal() map[string]handler {
 	}
 }
 
-// jsonObject decodes a request body that must be a JSON object.
-func jsonObject(data []byte, f *fields) error {
-	if err := json.Unmarshal(data, f); err != nil {
-		return err
-	}
-	if *f == nil {
-		return errors.New("not an object")
-	}
-	return nil
-}
-
 // loggedIn refuses calls without a session user. The edge already does;
 // this keeps a worker safe from anything else that can reach its subjects.
 func (w *Worker) loggedIn(h handler) handler {
@@ -346,7 +335,7 @@ func (w *Worker) groupMembers(ctx context.Context, c *call) ([]byte, error) {
 // when; the friend list lives here.
 func (w *Worker) presence(ctx context.Context, c *call) ([]byte, error) {
 	var online bool
-	if raw, ok := c.f["online"]; !ok || json.Unmarshal(raw, &online) != nil {
+	if raw := c.f.raw("online"); raw == nil || json.Unmarshal(raw, &online) != nil {
 		return result(c.cmd, "invalid"), nil
 	}
 	if err := w.announce(ctx, c.user, online); err != nil {

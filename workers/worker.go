@@ -412,7 +412,7 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 		}
 	}
 	if body == nil {
-		if jerr := jsonObject(req.Data(), &c.f); jerr != nil {
+		if jerr := c.f.decode(req.Data()); jerr != nil {
 			body = result(cmd, "invalid")
 		} else {
 			body, err = h(ctx, c)

@@ -2,6 +2,7 @@ package proto
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -32,5 +33,35 @@ func TestStrField(t *testing.T) {
 	}
 	if got := StrField([]byte(`{"cmd":"unterminated`), "cmd"); got != "" {
 		t.Errorf("unterminated value: %q", got)
+	}
+}
+
+// AppendString must agree with encoding/json byte for byte: clients may
+// compare what they sent with what comes back.
+func TestAppendStringMatchesEncodingJSON(t *testing.T) {
+	for _, s := range []string{"", "plain", `q"uote\back`, "ctl\x00\x01\x1f\n\r\t", "<a&b>", "小明 ☃",
+		"bad\xffutf8\xc3", "line\u2028sep\u2029", strings.Repeat("x", 300)} {
+		want, _ := json.Marshal(s)
+		if got := AppendString(nil, s); string(got) != string(want) {
+			t.Errorf("AppendString(%q) = %s, want %s", s, got, want)
+		}
+	}
+}
+
+func FuzzAppendString(f *testing.F) {
+	f.Add("a\"b\\c<>&\u2028\xff")
+	f.Fuzz(func(t *testing.T, s string) {
+		want, _ := json.Marshal(s)
+		if got := AppendString(nil, s); string(got) != string(want) {
+			t.Fatalf("AppendString(%q) = %s, want %s", s, got, want)
+		}
+	})
+}
+
+func BenchmarkObject(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = Object("cmd", "private_chat", "user_from", "alice", "user_to", "bob", "text", "hello there, how are you?",
+			"time", int64(1795596136144), "msg_id", "5W2Kkpg77xg3GqeEYSZ6Cz")
 	}
 }
