@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -281,7 +283,9 @@ type monitor struct {
 
 // startMonitor listens on addr ("" for none). Until the role is up,
 // /readyz says so; /healthz answers as soon as the process serves HTTP.
-func startMonitor(addr string, log *slog.Logger) (*monitor, error) {
+// With profiling, /debug/pprof/ is served too: it is opt-in because a
+// profile costs CPU and the port may be reachable by more than operators.
+func startMonitor(addr string, profiling bool, log *slog.Logger) (*monitor, error) {
 	m := &monitor{reg: metrics.New()}
 	if addr == "" {
 		return m, nil
@@ -296,7 +300,17 @@ func startMonitor(addr string, log *slog.Logger) (*monitor, error) {
 		return errors.Join(runChecks(checks)...)
 	}
 	healthy := func() error { return nil }
-	srv, err := metrics.Listen(addr, metrics.Handler(m.reg, healthy, ready), log)
+	h := metrics.Handler(m.reg, healthy, ready)
+	if profiling {
+		mux := http.NewServeMux()
+		mux.Handle("/", h)
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		h = mux
+	}
+	srv, err := metrics.Listen(addr, h, log)
 	if err != nil {
 		return nil, err
 	}
@@ -344,6 +358,7 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	wf.register(fs)
 	data := fs.String("data", "./data", "data directory (JetStream store and the worker's LevelDB)")
 	monitorAddr := fs.String("metrics", "127.0.0.1:9090", "address for /healthz, /readyz and /metrics; empty disables")
+	profiling := fs.Bool("pprof", false, "also serve /debug/pprof/ on the --metrics address")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -363,7 +378,7 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 		return checked(log, "all", "client", ef.listen, "nats", orOff(bf.natsListen), "http", orOff(bf.http),
 			"data", *data, "nats_config", orOff(bf.config))
 	}
-	mon, err := startMonitor(*monitorAddr, log)
+	mon, err := startMonitor(*monitorAddr, *profiling, log)
 	if err != nil {
 		return err
 	}
@@ -441,6 +456,7 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "NATS server URL(s), comma separated")
 	name := fs.String("name", hostname(), "edge name, shown in NATS monitoring")
 	monitorAddr := fs.String("metrics", "", "address for /healthz, /readyz and /metrics; empty disables")
+	profiling := fs.Bool("pprof", false, "also serve /debug/pprof/ on the --metrics address")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -455,7 +471,7 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 		return checked(log, "edge", "client", ef.listen, "nats", *natsURL, "file_ports", ef.filePorts.String(),
 			"metrics", orOff(*monitorAddr))
 	}
-	mon, err := startMonitor(*monitorAddr, log)
+	mon, err := startMonitor(*monitorAddr, *profiling, log)
 	if err != nil {
 		return err
 	}
@@ -484,6 +500,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	name := fs.String("name", hostname(), "worker name, shown in NATS monitoring")
 	jsDomain := fs.String("js-domain", "", "JetStream domain of the hub, for a worker outside it")
 	monitorAddr := fs.String("metrics", "", "address for /healthz, /readyz and /metrics; empty disables")
+	profiling := fs.Bool("pprof", false, "also serve /debug/pprof/ on the --metrics address")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
@@ -497,7 +514,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.check {
 		return checked(log, "worker", "nats", *natsURL, "data", *data, "metrics", orOff(*monitorAddr))
 	}
-	mon, err := startMonitor(*monitorAddr, log)
+	mon, err := startMonitor(*monitorAddr, *profiling, log)
 	if err != nil {
 		return err
 	}
