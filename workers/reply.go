@@ -15,7 +15,7 @@ func result(cmd, r string, extra ...any) []byte { return proto.Result(cmd, r, ex
 // being invalid rather than the whole request failing to decode.
 type fields struct {
 	user, password, friend, group, userTo, userFrom, text json.RawMessage
-	fromUser, toUser, filename, length, online          json.RawMessage
+	fromUser, toUser, filename, length, online            json.RawMessage
 }
 
 // decode fills f from a request body, which must be a JSON object.
