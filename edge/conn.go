@@ -17,18 +17,25 @@ import (
 )
 
 // conn is one client connection. The read loop handles one request at a
-// time, so replies come back in request order; everything written goes
-// through out, drained by the write loop.
+// time, so replies come back in request order. Everything written goes
+// through a queue drained by a writer goroutine, which sends all the lines
+// it finds in one system call. The writer exists only while the
+// connection is busy: after writerIdle without a line it ends, so an idle
+// connection costs one goroutine, not two.
 type conn struct {
 	e    *Edge
 	sock net.Conn
-	out  chan []byte
+
+	mu       sync.Mutex
+	queue    [][]byte      // lines waiting to be written
+	spare    [][]byte      // the writer's last batch, reused
+	writing  bool          // a writer goroutine is running
+	kick     chan struct{} // wakes a waiting writer
+	closed   bool
+	idleWait chan struct{} // closed when the writer next finds nothing to do
 
 	closeOnce sync.Once
 	done      chan struct{} // closed when the socket is closed
-	drainOnce sync.Once
-	draining  chan struct{} // closed when no more requests will be read
-	flushed   chan struct{} // closed when the write loop has stopped
 
 	user    string        // bound user; only the read loop touches it
 	started time.Time     // when the request being handled was read
@@ -36,37 +43,67 @@ type conn struct {
 }
 
 func newConn(e *Edge, sock net.Conn) *conn {
-	return &conn{e: e, sock: sock, out: make(chan []byte, e.opts.OutQueue), done: make(chan struct{}),
-		draining: make(chan struct{}), flushed: make(chan struct{})}
+	return &conn{e: e, sock: sock, done: make(chan struct{}), kick: make(chan struct{}, 1)}
 }
 
-// Commands a client may send, and the subset allowed before login.
-var (
-	workerCommands = map[string]bool{
-		"register": true, "login": true, "add": true, "create_group": true, "add_group": true,
-		"private_chat": true, "group_chat": true, "get_group_member": true,
+// writerIdle is how long a writer waits for more lines before it ends.
+const writerIdle = 10 * time.Second
+
+// workerCommand reports commands the workers answer.
+func workerCommand(cmd string) bool {
+	switch cmd {
+	case "register", "login", "add", "create_group", "add_group", "private_chat", "group_chat", "get_group_member":
+		return true
 	}
-	beforeLogin = map[string]bool{"register": true, "login": true, "ping": true}
-)
+	return false
+}
+
+// allowedBeforeLogin reports commands a connection without a session may send.
+func allowedBeforeLogin(cmd string) bool {
+	return cmd == "register" || cmd == "login" || cmd == "ping"
+}
 
 // close drops the connection at once; whatever is still queued is lost.
 func (c *conn) close() {
 	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		c.queue = nil
+		c.mu.Unlock()
 		close(c.done)
 		_ = c.sock.Close()
 	})
 }
 
-// send queues a line for the client. A client whose queue is full is not
-// keeping up; it is disconnected rather than buffered without limit.
+// send queues a line for the client. A client that lets OutQueue lines
+// pile up is not keeping up; it is disconnected rather than buffered
+// without limit.
 func (c *conn) send(line []byte) {
-	select {
-	case c.out <- line:
-	case <-c.done:
-	default:
-		c.e.log.Warn("disconnecting slow client", "remote", c.sock.RemoteAddr().String(), "queued", len(c.out))
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	if len(c.queue) >= c.e.opts.OutQueue {
+		n := len(c.queue)
+		c.mu.Unlock()
+		c.e.log.Warn("disconnecting slow client", "remote", c.sock.RemoteAddr().String(), "queued", n)
 		c.e.metrics.slow.Inc()
 		c.close()
+		return
+	}
+	c.queue = append(c.queue, line)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		c.e.wg.Add(1)
+		go c.writeLoop()
+		return
+	}
+	select {
+	case c.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -80,41 +117,82 @@ func (c *conn) observe(seq uint64) {
 	}
 }
 
+// writeLoop writes what is queued, in batches, and ends after writerIdle
+// with nothing to write.
 func (c *conn) writeLoop() {
 	defer c.e.wg.Done()
-	defer close(c.flushed)
+	idle := time.NewTimer(writerIdle)
+	defer idle.Stop()
 	for {
-		select {
-		case line := <-c.out:
-			if !c.write(line) {
+		c.mu.Lock()
+		batch := c.queue
+		if len(batch) == 0 || c.closed {
+			if c.idleWait != nil {
+				close(c.idleWait)
+				c.idleWait = nil
+			}
+			if c.closed {
+				c.writing = false
+				c.mu.Unlock()
 				return
 			}
-		case <-c.draining:
-			// The client stopped sending (or broke the protocol): what
-			// was already answered still reaches it.
-			for {
-				select {
-				case line := <-c.out:
-					if !c.write(line) {
-						return
-					}
-				default:
-					return
-				}
+			c.mu.Unlock()
+			idle.Reset(writerIdle)
+			select {
+			case <-c.kick:
+				continue
+			case <-c.done:
+			case <-idle.C:
 			}
-		case <-c.done:
+			c.mu.Lock()
+			if len(c.queue) > 0 && !c.closed {
+				c.mu.Unlock()
+				continue // a line arrived as the timer fired
+			}
+			c.writing = false
+			c.spare = nil
+			c.mu.Unlock()
 			return
+		}
+		c.queue, c.spare = c.spare[:0], nil // the two arrays take turns
+		c.mu.Unlock()
+
+		_ = c.sock.SetWriteDeadline(time.Now().Add(c.e.opts.WriteTimeout))
+		bufs := net.Buffers(batch)
+		_, err := bufs.WriteTo(c.sock)
+		clear(batch)
+		c.mu.Lock()
+		if cap(batch) <= 64 {
+			c.spare = batch[:0]
+		}
+		c.mu.Unlock()
+		if err != nil {
+			c.close()
 		}
 	}
 }
 
-func (c *conn) write(line []byte) bool {
-	_ = c.sock.SetWriteDeadline(time.Now().Add(c.e.opts.WriteTimeout))
-	if _, err := c.sock.Write(line); err != nil {
-		c.close()
-		return false
+// flush waits until everything queued so far is written or the
+// connection is closed.
+func (c *conn) flush() {
+	c.mu.Lock()
+	if !c.writing {
+		c.mu.Unlock()
+		return
 	}
-	return true
+	if c.idleWait == nil {
+		c.idleWait = make(chan struct{})
+	}
+	wait := c.idleWait
+	c.mu.Unlock()
+	select { // a writer waiting for lines must look again
+	case c.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case <-wait:
+	case <-c.done:
+	}
 }
 
 // finish ends the connection after everything queued has been written.
@@ -122,11 +200,7 @@ func (c *conn) write(line []byte) bool {
 // moment before closing: closing with unread input makes the kernel send a
 // reset, which can destroy the last lines before the client reads them.
 func (c *conn) finish(lingerRead bool) {
-	c.drainOnce.Do(func() { close(c.draining) })
-	select {
-	case <-c.flushed:
-	case <-c.done:
-	}
+	c.flush()
 	if tc, ok := c.sock.(*net.TCPConn); ok && lingerRead {
 		_ = tc.CloseWrite()
 		_ = tc.SetReadDeadline(time.Now().Add(time.Second))
@@ -176,27 +250,31 @@ func (c *conn) stop(fatal string) {
 	c.finish(fatal != "")
 }
 
-// head is the part of a request the edge itself looks at.
-type head struct {
-	Cmd json.RawMessage `json:"cmd"`
-	ID  json.RawMessage `json:"id"`
-}
-
+// handle answers one request. The frame is valid JSON (the read loop
+// checked); the edge itself only looks at "cmd" and "id", and the values
+// it passes on point into the frame, which lives until the next read.
 func (c *conn) handle(frame []byte) {
 	c.started = time.Now()
-	var h head
-	var cmd string
-	if frame[0] != '{' || json.Unmarshal(frame, &h) != nil || json.Unmarshal(h.Cmd, &cmd) != nil {
+	var rawCmd, id json.RawMessage
+	err := proto.Fields(frame, func(k string, v []byte) {
+		switch k {
+		case "cmd":
+			rawCmd = v
+		case "id":
+			id = v
+		}
+	})
+	cmd, ok := proto.String(rawCmd)
+	if err != nil || !ok {
 		c.send(errorLine("invalid", ""))
 		return
 	}
-	id := h.ID
 	switch {
 	case cmd == "ping":
 		c.reply(id, []byte(`{"cmd":"pong"}`))
-	case !workerCommands[cmd] && cmd != "offline" && cmd != "send_file":
+	case !workerCommand(cmd) && cmd != "offline" && cmd != "send_file":
 		c.reply(id, errorLine("unknown_cmd", cmd))
-	case c.user == "" && !beforeLogin[cmd]:
+	case c.user == "" && !allowedBeforeLogin(cmd):
 		c.reply(id, resultLine(cmd, "not_logged_in"))
 	case cmd == "offline":
 		c.offline(id, frame)

@@ -63,6 +63,9 @@ type Options struct {
 	JetStreamDomain string
 	// Heartbeat is how often the edge tells the workers it is alive.
 	Heartbeat time.Duration
+	// DrainGrace is how long a shutting-down edge still reads requests
+	// that clients sent before they heard of the shutdown.
+	DrainGrace time.Duration
 	// Metrics receives the edge's metrics; nil keeps them private.
 	Metrics *metrics.Registry
 	// Version is reported in the edge's NATS service info.
@@ -100,6 +103,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Heartbeat == 0 {
 		o.Heartbeat = 5 * time.Second
+	}
+	if o.DrainGrace == 0 {
+		o.DrainGrace = time.Second
 	}
 	if o.Metrics == nil {
 		o.Metrics = metrics.New()
@@ -141,6 +147,7 @@ type Edge struct {
 
 	mu        sync.Mutex
 	users     map[string]*userEntry
+	subjects  map[string]*userEntry // the same entries, by delivery subject
 	conns     map[*conn]struct{}
 	transfers map[*transfer]struct{}
 	serial    uint64 // orders sessions by login, newest highest
@@ -155,6 +162,7 @@ type Edge struct {
 // userEntry is one user's sessions on this edge, each with its login
 // serial, and their subscription.
 type userEntry struct {
+	name     string
 	sessions map[*conn]uint64
 	sub      *nats.Subscription
 }
@@ -180,6 +188,7 @@ func New(opts Options) (*Edge, error) {
 		id:         nuid.Next(),
 		deliveries: make(chan *nats.Msg, 1<<16),
 		users:      make(map[string]*userEntry),
+		subjects:   make(map[string]*userEntry),
 		conns:      make(map[*conn]struct{}),
 		transfers:  make(map[*transfer]struct{}),
 		closing:    make(chan struct{}),
@@ -278,17 +287,17 @@ func (e *Edge) Serve() error {
 		e.mu.Lock()
 		e.conns[c] = struct{}{}
 		e.mu.Unlock()
-		e.wg.Add(2)
+		e.wg.Add(1)
 		e.connWG.Add(1)
-		go c.writeLoop()
 		go c.readLoop()
 	}
 }
 
 // Shutdown drains the edge. It stops accepting, tells every client the
-// edge is going away, lets each connection finish the request it is
-// handling, ends its session (friends hear of it unless the user is
-// logged in elsewhere) and closes it once its replies are written.
+// edge is going away, answers for DrainGrace the requests clients sent
+// before they heard, ends each session (friends hear of it unless the
+// user is logged in elsewhere) and closes each connection once its
+// replies are written.
 // Messages that were on their way to this edge's sessions are kept for
 // them by the workers. ctx bounds the wait; connections left then are cut.
 func (e *Edge) Shutdown(ctx context.Context) error {
@@ -314,8 +323,8 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	}
 	for _, c := range conns {
 		c.send([]byte(`{"cmd":"server_shutdown","reason":"this server is going away; connect again"}` + "\n"))
-		// The next read fails at once; the request in hand is finished first.
-		_ = c.sock.SetReadDeadline(time.Now())
+		// Reads stop after the grace; a request in hand is finished first.
+		_ = c.sock.SetReadDeadline(time.Now().Add(e.opts.DrainGrace))
 	}
 	drained := make(chan struct{})
 	go func() { e.connWG.Wait(); close(drained) }()
@@ -382,8 +391,9 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 		e.mu.Unlock()
 		return false, nil
 	}
-	u := &userEntry{sessions: map[*conn]uint64{c: e.serial}}
+	u := &userEntry{name: user, sessions: map[*conn]uint64{c: e.serial}}
 	e.users[user] = u
+	e.subjects[proto.UserSubject(user)] = u
 	e.mu.Unlock()
 
 	firstAnywhere = !e.held(ctx, user)
@@ -399,7 +409,7 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 		}
 		delete(u.sessions, c)
 		if e.users[user] == u && len(u.sessions) == 0 {
-			delete(e.users, user)
+			e.forgetUser(u)
 		}
 		return false, fmt.Errorf("subscribe for %s: %w", user, err)
 	}
@@ -432,7 +442,7 @@ func (e *Edge) unbind(ctx context.Context, c *conn, user string) bool {
 		e.mu.Unlock()
 		return false
 	}
-	delete(e.users, user)
+	e.forgetUser(u)
 	sub := u.sub
 	if sub != nil {
 		e.registry.record(user, false)
@@ -474,6 +484,12 @@ func (e *Edge) held(ctx context.Context, user string) bool {
 	defer cancel()
 	_, err := e.nc.RequestMsgWithContext(ctx, m)
 	return !errors.Is(err, nats.ErrNoResponders)
+}
+
+// forgetUser removes an entry; the caller holds e.mu.
+func (e *Edge) forgetUser(u *userEntry) {
+	delete(e.users, u.name)
+	delete(e.subjects, proto.UserSubject(u.name))
 }
 
 // sessionsOf returns a snapshot of user's local sessions.
@@ -548,44 +564,67 @@ func (e *Edge) dispatch() {
 }
 
 func (e *Edge) deliver(m *nats.Msg) {
-	tok := m.Subject[len(proto.UserPrefix):]
-	user, err := proto.NameFromToken(tok)
-	if err != nil {
+	kind := ""
+	if m.Header != nil {
+		kind = m.Header.Get(proto.HdrKind)
+	}
+	if kind == "" || kind == proto.KindDeliver {
+		e.deliverLine(m)
 		return
 	}
-	sessions := e.sessionsOf(user)
-	switch m.Header.Get(proto.HdrKind) {
+	e.mu.Lock()
+	u := e.subjects[m.Subject]
+	held := u != nil && len(u.sessions) > 0
+	e.mu.Unlock()
+	if !held {
+		return
+	}
+	switch kind {
 	case proto.KindProbe:
-		if len(sessions) > 0 && m.Reply != "" {
+		if m.Reply != "" {
 			r := nats.NewMsg(m.Reply)
 			r.Header.Set(proto.HdrEdge, e.id)
 			_ = m.RespondMsg(r)
 		}
 	case proto.KindInbox:
-		if len(sessions) > 0 {
-			e.wg.Add(1)
-			go func() {
-				defer e.wg.Done()
-				ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
-				defer cancel()
-				e.fetchInbox(ctx, user, sessions)
-			}()
-		}
-	default:
-		if len(sessions) == 0 {
-			return // no answer: the sender sees a timeout and keeps the message
-		}
-		seq, _ := strconv.ParseUint(m.Header.Get(proto.HdrSeq), 10, 64)
-		line := make([]byte, 0, len(m.Data)+1)
-		line = append(append(line, m.Data...), '\n')
-		for _, c := range sessions {
+		sessions := e.sessionsOf(u.name)
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
+			defer cancel()
+			e.fetchInbox(ctx, u.name, sessions)
+		}()
+	}
+}
+
+// deliverLine writes a message to every local session of its user and
+// confirms it when the sender waits. Not answering a user held nowhere
+// here lets the sender's wait fail, and the message is kept for later.
+func (e *Edge) deliverLine(m *nats.Msg) {
+	var seq uint64
+	if m.Header != nil {
+		seq, _ = strconv.ParseUint(m.Header.Get(proto.HdrSeq), 10, 64)
+	}
+	line := make([]byte, 0, len(m.Data)+1)
+	line = append(append(line, m.Data...), '\n')
+	e.mu.Lock()
+	u := e.subjects[m.Subject]
+	n := 0
+	if u != nil {
+		for c := range u.sessions {
 			c.observe(seq)
 			c.send(line)
 		}
-		e.metrics.delivered(m.Data, len(sessions))
-		if m.Reply != "" {
-			_ = m.Respond(nil)
-		}
+		n = len(u.sessions)
+	}
+	e.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	e.metrics.delivered(m.Data, n)
+	if m.Reply != "" {
+		_ = m.Respond(nil)
 	}
 }
 

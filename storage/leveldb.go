@@ -198,6 +198,12 @@ func (s *LevelDB) User(name string) (User, error) {
 	return u, nil
 }
 
+// HasUser implements Store.
+func (s *LevelDB) HasUser(name string) (bool, error) { return s.has(key("u:", name)) }
+
+// HasGroup implements Store.
+func (s *LevelDB) HasGroup(name string) (bool, error) { return s.has(key("g:", name)) }
+
 // Group implements Store.
 func (s *LevelDB) Group(name string) (Group, error) {
 	var g Group

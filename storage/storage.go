@@ -76,9 +76,11 @@ type Store interface {
 	Skip(seq uint64) error
 
 	User(name string) (User, error)
+	HasUser(name string) (bool, error)
 	Friends(user string) ([]string, error)
 	AreFriends(a, b string) (bool, error)
 	Group(name string) (Group, error)
+	HasGroup(name string) (bool, error)
 	Members(group string) ([]string, error)
 	IsMember(group, user string) (bool, error)
 	Groups(user string) ([]string, error)

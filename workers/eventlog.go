@@ -198,12 +198,17 @@ func (a *applier) wait(ctx context.Context, seq uint64) error {
 }
 
 // catchUp waits until everything in the stream at call time is applied.
+// The stream's last message, fetched directly, gives its position at a
+// fraction of the cost of the stream's info.
 func (a *applier) catchUp(ctx context.Context) error {
-	info, err := a.stream.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("event stream info: %w", err)
+	m, err := a.stream.GetLastMsgForSubject(ctx, eventPrefix+">")
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
 	}
-	return a.wait(ctx, info.State.LastSeq)
+	if err != nil {
+		return fmt.Errorf("event log position: %w", err)
+	}
+	return a.wait(ctx, m.Sequence)
 }
 
 // refresh makes a negative answer authoritative: if the log holds an event

@@ -42,12 +42,8 @@ func (w *Worker) sendFile(ctx context.Context, c *call) ([]byte, error) {
 	if !ok || to == c.user || !okName || !proto.ValidFilename(filename) || !okLen || c.transfer == "" {
 		return result(c.cmd, "invalid"), nil
 	}
-	if ok, err := w.userExists(ctx, to); err != nil || !ok {
-		return result(c.cmd, "user_not_exist", "user", to), err
-	}
-	friends, err := w.exists(ctx, friendEvSubject(c.user, to), func() (bool, error) { return w.store.AreFriends(c.user, to) })
-	if err != nil || !friends {
-		return result(c.cmd, "not_friend", "user", to), err
+	if refusal, err := w.needFriend(ctx, c.user, to); refusal != "" || err != nil {
+		return result(c.cmd, refusal, "user", to), err
 	}
 	offer := proto.FileOffer{ID: c.transfer, From: c.user, To: to, Length: c.f.raw("length"), Size: size, Filename: filename}
 	for range 2 { // the chosen edge may lose the user between probe and offer

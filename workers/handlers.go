@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,6 +67,23 @@ func (c *call) name(field string) (string, bool) {
 	return v, ok && proto.ValidName(v)
 }
 
+// needFriend checks that to is a friend of user, and if not says why:
+// user_not_exist or not_friend. A friendship implies both users exist, so
+// the common case is one lookup.
+func (w *Worker) needFriend(ctx context.Context, user, to string) (string, error) {
+	if ok, err := w.store.AreFriends(user, to); err != nil || ok {
+		return "", err
+	}
+	if ok, err := w.userExists(ctx, to); err != nil || !ok {
+		return "user_not_exist", err
+	}
+	friends, err := w.exists(ctx, friendEvSubject(user, to), func() (bool, error) { return w.store.AreFriends(user, to) })
+	if err != nil || !friends {
+		return "not_friend", err
+	}
+	return "", nil
+}
+
 // exists runs check against the local store, and if it says no, makes sure
 // the store is not merely behind the log on subject before believing it.
 func (w *Worker) exists(ctx context.Context, subject string, check func() (bool, error)) (bool, error) {
@@ -81,23 +99,11 @@ func (w *Worker) exists(ctx context.Context, subject string, check func() (bool,
 }
 
 func (w *Worker) userExists(ctx context.Context, name string) (bool, error) {
-	return w.exists(ctx, userEvSubject(name), func() (bool, error) {
-		_, err := w.store.User(name)
-		if errors.Is(err, storage.ErrNotFound) {
-			return false, nil
-		}
-		return err == nil, err
-	})
+	return w.exists(ctx, userEvSubject(name), func() (bool, error) { return w.store.HasUser(name) })
 }
 
 func (w *Worker) groupExists(ctx context.Context, name string) (bool, error) {
-	return w.exists(ctx, groupEvSubject(name), func() (bool, error) {
-		_, err := w.store.Group(name)
-		if errors.Is(err, storage.ErrNotFound) {
-			return false, nil
-		}
-		return err == nil, err
-	})
+	return w.exists(ctx, groupEvSubject(name), func() (bool, error) { return w.store.HasGroup(name) })
 }
 
 func (w *Worker) register(ctx context.Context, c *call) ([]byte, error) {
@@ -257,12 +263,8 @@ func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
 		raw, _, _ := c.f.str("user_to")
 		return result(c.cmd, "invalid", "user_to", raw), nil
 	}
-	if ok, err := w.userExists(ctx, to); err != nil || !ok {
-		return result(c.cmd, "user_not_exist", "user_to", to), err
-	}
-	friends, err := w.exists(ctx, friendEvSubject(c.user, to), func() (bool, error) { return w.store.AreFriends(c.user, to) })
-	if err != nil || !friends {
-		return result(c.cmd, "not_friend", "user_to", to), err
+	if refusal, err := w.needFriend(ctx, c.user, to); refusal != "" || err != nil {
+		return result(c.cmd, refusal, "user_to", to), err
 	}
 	msg := obj("cmd", "private_chat", "user_from", c.user, "user_to", to, "text", text,
 		"time", time.Now().UnixMilli(), "msg_id", nuid.Next())
@@ -378,12 +380,12 @@ func (w *Worker) claimInbox(ctx context.Context, c *call) ([]byte, error) {
 // notify publishes a delivery to every session of user, if any; nothing
 // is kept for an offline user.
 func (w *Worker) notify(user string, seq uint64, msg []byte) {
-	m := nats.NewMsg(proto.UserSubject(user))
-	m.Header.Set(proto.HdrKind, proto.KindDeliver)
+	// A message without a kind is a delivery; headers are left out when
+	// they say nothing, since every recipient's edge would parse them.
+	m := &nats.Msg{Subject: proto.UserSubject(user), Data: msg}
 	if seq > 0 {
-		m.Header.Set(proto.HdrSeq, fmt.Sprint(seq))
+		m.Header = nats.Header{proto.HdrSeq: {strconv.FormatUint(seq, 10)}}
 	}
-	m.Data = msg
 	if err := w.nc.PublishMsg(m); err != nil {
 		w.log.Warn("notify failed", "err", err)
 	}
@@ -394,9 +396,7 @@ func (w *Worker) notify(user string, seq uint64, msg []byte) {
 // a nudge tells any session that logged in meanwhile to fetch it, which
 // closes the race between "offline" and a concurrent login.
 func (w *Worker) deliver(ctx context.Context, user string, msg []byte) (bool, error) {
-	m := nats.NewMsg(proto.UserSubject(user))
-	m.Header.Set(proto.HdrKind, proto.KindDeliver)
-	m.Data = msg
+	m := &nats.Msg{Subject: proto.UserSubject(user), Data: msg}
 	dctx, cancel := context.WithTimeout(ctx, w.opts.DeliverTimeout)
 	_, err := w.nc.RequestMsgWithContext(dctx, m)
 	cancel()

@@ -78,13 +78,38 @@ func labelString(keys, values []string) string {
 	return b.String()
 }
 
+// seriesKey identifies a series by its label values without allocating;
+// families here have at most four labels (more are joined into the last).
+type seriesKey [4]string
+
+func keyOf(values []string) seriesKey {
+	var k seriesKey
+	for i, v := range values {
+		if i < len(k)-1 {
+			k[i] = v
+		} else {
+			k[len(k)-1] += "\x00" + v
+		}
+	}
+	return k
+}
+
+func (k seriesKey) less(o seriesKey) bool {
+	for i := range k {
+		if k[i] != o[i] {
+			return k[i] < o[i]
+		}
+	}
+	return false
+}
+
 // CounterVec is a family of counters told apart by label values.
 type CounterVec struct {
 	n, help string
 	labels  []string
-	mu      sync.Mutex
-	series  map[string]*Counter
-	order   []string
+	mu      sync.RWMutex
+	series  map[seriesKey]*Counter
+	order   []seriesKey
 }
 
 // Counter is one monotonically increasing series.
@@ -104,7 +129,7 @@ func (c *Counter) Value() uint64 { return c.v.Load() }
 
 // NewCounterVec registers a counter family.
 func (r *Registry) NewCounterVec(name, help string, labels ...string) *CounterVec {
-	v := &CounterVec{n: name, help: help, labels: labels, series: map[string]*Counter{}}
+	v := &CounterVec{n: name, help: help, labels: labels, series: map[seriesKey]*Counter{}}
 	r.add(v)
 	return v
 }
@@ -117,16 +142,22 @@ func (r *Registry) NewCounter(name, help string) *Counter {
 // With returns the series for the given label values, creating it.
 // Callers on hot paths keep the returned counter.
 func (v *CounterVec) With(values ...string) *Counter {
-	key := strings.Join(values, "\x00")
+	key := keyOf(values)
+	v.mu.RLock()
+	c, ok := v.series[key]
+	v.mu.RUnlock()
+	if ok {
+		return c
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if c, ok := v.series[key]; ok {
 		return c
 	}
-	c := &Counter{labels: labelString(v.labels, values)}
+	c = &Counter{labels: labelString(v.labels, values)}
 	v.series[key] = c
 	v.order = append(v.order, key)
-	sort.Strings(v.order)
+	sort.Slice(v.order, func(i, j int) bool { return v.order[i].less(v.order[j]) })
 	return c
 }
 
@@ -134,8 +165,8 @@ func (v *CounterVec) name() string { return v.n }
 
 func (v *CounterVec) write(w io.Writer) {
 	header(w, v.n, v.help, "counter")
-	v.mu.Lock()
-	defer v.mu.Unlock()
+	v.mu.RLock()
+	defer v.mu.RUnlock()
 	for _, k := range v.order {
 		c := v.series[k]
 		fmt.Fprintf(w, "%s%s %d\n", v.n, c.labels, c.v.Load())
@@ -170,9 +201,9 @@ type HistogramVec struct {
 	n, help string
 	labels  []string
 	buckets []float64
-	mu      sync.Mutex
-	series  map[string]*Histogram
-	order   []string
+	mu      sync.RWMutex
+	series  map[seriesKey]*Histogram
+	order   []seriesKey
 }
 
 // Histogram counts observations into fixed buckets.
@@ -186,23 +217,30 @@ type Histogram struct {
 
 // NewHistogramVec registers a latency histogram family (seconds).
 func (r *Registry) NewHistogramVec(name, help string, labels ...string) *HistogramVec {
-	v := &HistogramVec{n: name, help: help, labels: labels, buckets: latencyBuckets(), series: map[string]*Histogram{}}
+	v := &HistogramVec{n: name, help: help, labels: labels, buckets: latencyBuckets(), series: map[seriesKey]*Histogram{}}
 	r.add(v)
 	return v
 }
 
 // With returns the series for the given label values, creating it.
 func (v *HistogramVec) With(values ...string) *Histogram {
-	key := strings.Join(values, "\x00")
+	key := keyOf(values)
+	v.mu.RLock()
+	h, ok := v.series[key]
+	v.mu.RUnlock()
+	if ok {
+		return h
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if h, ok := v.series[key]; ok {
 		return h
 	}
-	h := &Histogram{buckets: v.buckets, labels: values, keys: v.labels, counts: make([]atomic.Uint64, len(v.buckets)+1)}
+	h = &Histogram{buckets: v.buckets, labels: append([]string(nil), values...), keys: v.labels,
+		counts: make([]atomic.Uint64, len(v.buckets)+1)}
 	v.series[key] = h
 	v.order = append(v.order, key)
-	sort.Strings(v.order)
+	sort.Slice(v.order, func(i, j int) bool { return v.order[i].less(v.order[j]) })
 	return h
 }
 
@@ -218,8 +256,8 @@ func (v *HistogramVec) name() string { return v.n }
 
 func (v *HistogramVec) write(w io.Writer) {
 	header(w, v.n, v.help, "histogram")
-	v.mu.Lock()
-	defer v.mu.Unlock()
+	v.mu.RLock()
+	defer v.mu.RUnlock()
 	for _, k := range v.order {
 		h := v.series[k]
 		var cum uint64

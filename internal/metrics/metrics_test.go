@@ -64,3 +64,11 @@ func TestProbes(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkCounterWith(b *testing.B) {
+	c := New().NewCounterVec("x_total", "x", "cmd", "result")
+	b.ReportAllocs()
+	for b.Loop() {
+		c.With("private_chat", "success").Inc()
+	}
+}

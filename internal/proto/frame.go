@@ -37,13 +37,18 @@ func NewDecoder(r io.Reader, max int) *Decoder {
 	if max <= 0 {
 		max = DefaultMaxFrame
 	}
-	return &Decoder{r: bufio.NewReaderSize(r, 4096), max: max}
+	// A small read buffer: most frames are a few hundred bytes, and an
+	// idle connection keeps its buffer.
+	return &Decoder{r: bufio.NewReaderSize(r, 1024), max: max}
 }
 
 // Next returns the next complete value. The returned slice is only valid
 // until the following call. At a clean end of stream it returns io.EOF; a
 // stream that ends inside a value returns io.ErrUnexpectedEOF.
 func (d *Decoder) Next() ([]byte, error) {
+	if cap(d.buf) > 8<<10 {
+		d.buf = nil // one large frame should not stay with the connection
+	}
 	d.buf = d.buf[:0]
 	// Skip separators between values.
 	var c byte

@@ -100,7 +100,8 @@ const (
 
 // Kinds of messages on a user's delivery subject.
 const (
-	// KindDeliver is written to every session of the user.
+	// KindDeliver is written to every session of the user; a message
+	// without a kind is one too.
 	KindDeliver = "deliver"
 	// KindProbe only asks whether any session exists.
 	KindProbe = "probe"
