@@ -109,7 +109,8 @@ type applier struct {
 	log    *slog.Logger
 	delay  time.Duration
 
-	pending atomic.Uint64 // events in the stream after the last one applied
+	pending atomic.Uint64 // events in the stream after the last one received
+	known   atomic.Uint64 // the stream's last sequence as of the last event received
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced after every apply
@@ -152,6 +153,7 @@ func (a *applier) handle(msg jetstream.Msg) {
 	}
 	seq := md.Sequence.Stream
 	a.pending.Store(md.NumPending)
+	a.known.Store(seq + md.NumPending)
 	if a.delay > 0 {
 		time.Sleep(a.delay)
 	}
@@ -197,18 +199,17 @@ func (a *applier) wait(ctx context.Context, seq uint64) error {
 	}
 }
 
-// catchUp waits until everything in the stream at call time is applied.
-// The stream's last message, fetched directly, gives its position at a
-// fraction of the cost of the stream's info.
+// catchUp waits until the store has applied every event the stream held
+// when the consumer last heard from it: each event arrives with the count
+// of those after it. Asking the stream for its position instead costs a
+// JetStream API call per login, which under a login storm costs more than
+// the login (its info counts every subject; a direct get of the last
+// message on "chat.ev.>" scans them). What this misses is an event
+// published through another worker and still in flight to this one, for
+// well under a millisecond; a session's own writes are covered by its
+// sequence in any case.
 func (a *applier) catchUp(ctx context.Context) error {
-	m, err := a.stream.GetLastMsgForSubject(ctx, eventPrefix+">")
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("event log position: %w", err)
-	}
-	return a.wait(ctx, m.Sequence)
+	return a.wait(ctx, a.known.Load())
 }
 
 // refresh makes a negative answer authoritative: if the log holds an event

@@ -12,8 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
-	"golang.org/x/crypto/bcrypt"
 
+	"github.com/chatd-io/chatd/internal/passwd"
 	"github.com/chatd-io/chatd/internal/proto"
 	"github.com/chatd-io/chatd/storage"
 )
@@ -118,16 +118,16 @@ func (w *Worker) register(ctx context.Context, c *call) ([]byte, error) {
 	if _, err := w.store.User(user); err == nil {
 		return result(c.cmd, "failure", "reason", "user_exists"), nil
 	}
-	var hash []byte
+	var hash string
 	var herr error
-	if err := w.hash(ctx, func() { hash, herr = bcrypt.GenerateFromPassword([]byte(pass), w.opts.HashCost) }); err != nil {
+	if err := w.hash(ctx, func() { hash, herr = w.opts.Passwords.Hash(pass) }); err != nil {
 		return nil, err
 	}
 	if herr != nil {
 		return nil, fmt.Errorf("hash password: %w", herr)
 	}
 	seq, err := publishEvent(ctx, w.js, userEvSubject(user), storage.Event{
-		Type: storage.EvUserRegistered, User: user, Hash: string(hash), Time: time.Now().UnixMilli(),
+		Type: storage.EvUserRegistered, User: user, Hash: hash, Time: time.Now().UnixMilli(),
 	})
 	if errors.Is(err, errConflict) {
 		return result(c.cmd, "failure", "reason", "user_exists"), nil
@@ -153,8 +153,11 @@ func (w *Worker) login(ctx context.Context, c *call) ([]byte, error) {
 		return nil, err
 	}
 	var cmpErr error
-	if err := w.hash(ctx, func() { cmpErr = bcrypt.CompareHashAndPassword([]byte(u.Hash), []byte(pass)) }); err != nil {
+	if err := w.hash(ctx, func() { cmpErr = passwd.Verify(u.Hash, pass) }); err != nil {
 		return nil, err
+	}
+	if cmpErr != nil && !errors.Is(cmpErr, passwd.ErrMismatch) {
+		return nil, fmt.Errorf("stored password hash of %s: %w", user, cmpErr)
 	}
 	if !okPass || cmpErr != nil {
 		return result(c.cmd, "password_error"), nil

@@ -19,9 +19,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/chatd-io/chatd/internal/metrics"
+	"github.com/chatd-io/chatd/internal/passwd"
 	"github.com/chatd-io/chatd/internal/proto"
 	"github.com/chatd-io/chatd/storage"
 )
@@ -36,8 +36,8 @@ type Options struct {
 	// Name names this instance in logs and service metadata.
 	Name    string
 	Version string
-	// HashCost is the bcrypt cost for new passwords.
-	HashCost int
+	// Passwords chooses how new passwords are hashed.
+	Passwords passwd.Params
 	// JetStreamDomain names the JetStream to use when it is not the local
 	// server's (a worker in a leaf region).
 	JetStreamDomain string
@@ -69,9 +69,6 @@ func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.HashCost == 0 {
-		o.HashCost = bcrypt.DefaultCost
-	}
 	if o.InboxMaxAge == 0 {
 		o.InboxMaxAge = 30 * 24 * time.Hour
 	}
@@ -101,8 +98,8 @@ func (o *Options) setDefaults() {
 // Validate reports options that cannot work, before anything is started:
 // a command line can be refused before the process dials NATS.
 func (o Options) Validate() error {
-	if o.HashCost != 0 && (o.HashCost < bcrypt.MinCost || o.HashCost > bcrypt.MaxCost) {
-		return fmt.Errorf("workers: hash cost %d outside %d..%d", o.HashCost, bcrypt.MinCost, bcrypt.MaxCost)
+	if err := o.Passwords.Validate(); err != nil {
+		return fmt.Errorf("workers: %w", err)
 	}
 	if o.Replicas < 0 || o.Replicas > 5 {
 		return fmt.Errorf("workers: replicas %d outside 1..5", o.Replicas)
@@ -131,7 +128,7 @@ type Worker struct {
 
 	stop     context.CancelFunc // ends background work: the reaper
 	inflight chan struct{}      // semaphore for handlers
-	hashing  chan struct{}      // semaphore for bcrypt, which is all CPU
+	hashing  chan struct{}      // semaphore for password hashing, which is all CPU
 	wg       sync.WaitGroup
 	ready    atomic.Bool
 }
@@ -380,7 +377,7 @@ type call struct {
 type handler func(ctx context.Context, c *call) ([]byte, error)
 
 // endpoint runs each request on its own goroutine: handlers wait on the
-// network (JetStream, recipients' edges) and on bcrypt, and one slow
+// network (JetStream, recipients' edges) and on password hashing, and one slow
 // request must not hold up the rest.
 func (w *Worker) endpoint(cmd string, h handler) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
@@ -448,7 +445,7 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 	}
 }
 
-// hash runs fn with a bcrypt slot: hashing is pure CPU, and running more of
+// hash runs fn with a hashing slot: hashing is pure CPU, and running more of
 // them at once than there are cores only makes every one of them slower.
 func (w *Worker) hash(ctx context.Context, fn func()) error {
 	select {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/chatd-io/chatd/broker"
 	"github.com/chatd-io/chatd/edge"
+	"github.com/chatd-io/chatd/internal/passwd"
 	"github.com/chatd-io/chatd/workers"
 )
 
@@ -34,6 +35,11 @@ func Logger() *slog.Logger {
 		lvl = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+// CheapPasswords hashes at argon2's lowest cost: tests register many users.
+func CheapPasswords() passwd.Params {
+	return passwd.Params{ArgonTime: 1, ArgonMemoryKiB: passwd.MinArgonMemoryKiB}
 }
 
 // Cluster is one broker with whatever edges and workers a test adds.
@@ -90,7 +96,7 @@ func (c *Cluster) StartWorker(dir string, mod ...func(*workers.Options)) *Worker
 		dir = c.t.TempDir()
 	}
 	nc := c.Conn("chatd-worker test")
-	opts := workers.Options{Conn: nc, DataDir: dir, Name: "test", HashCost: 4, Logger: Logger()}
+	opts := workers.Options{Conn: nc, DataDir: dir, Name: "test", Passwords: CheapPasswords(), Logger: Logger()}
 	for _, m := range mod {
 		m(&opts)
 	}
