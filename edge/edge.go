@@ -402,7 +402,6 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 		err = e.nc.FlushWithContext(ctx)
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if err != nil {
 		if sub != nil {
 			_ = sub.Unsubscribe()
@@ -411,17 +410,20 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 		if e.users[user] == u && len(u.sessions) == 0 {
 			e.forgetUser(u)
 		}
+		e.mu.Unlock()
 		return false, fmt.Errorf("subscribe for %s: %w", user, err)
 	}
 	if e.users[user] != u {
 		// Every session ended while we subscribed.
+		e.mu.Unlock()
 		_ = sub.Unsubscribe()
 		return firstAnywhere, nil
 	}
 	u.sub = sub
+	e.mu.Unlock()
 	// Recorded before the login is answered, and so before friends hear
 	// of it: if this edge dies a moment later, the workers know whose
-	// friends to tell.
+	// friends to tell. Not under e.mu: the registry takes it too.
 	if err := e.registry.put(ctx, user); err != nil {
 		e.log.Warn("session registry write failed", "user", user, "err", err)
 	}

@@ -1,8 +1,10 @@
 package edge_test
 
 import (
+	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -436,4 +438,36 @@ func TestNoWorkerMeansUnavailable(t *testing.T) {
 	cl.Expect(M{"cmd": "register", "user": "a", "password": "b"}, "unavailable")
 	cl.Expect(M{"cmd": "login", "user": "a", "password": "b"}, "unavailable")
 	cl.Sync()
+}
+
+// Logins and logouts racing the session registry's heartbeat (here every
+// millisecond) all complete: nothing waits for the registry while holding
+// what the registry needs.
+func TestLoginStormAgainstRegistry(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge(func(o *edge.Options) { o.Heartbeat = time.Millisecond }).Addr().String()
+	const n = 8
+	reg := chattest.Dial(t, addr)
+	for i := range n {
+		reg.Register(fmt.Sprint("s", i), "pw")
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		cl := chattest.Dial(t, addr)
+		wg.Go(func() {
+			for range 15 {
+				cl.Send(M{"cmd": "login", "user": fmt.Sprint("s", i), "password": "pw"})
+				cl.Send(M{"cmd": "offline"})
+			}
+		})
+		defer func() {
+			for range 15 {
+				if m := cl.Want("login_reply"); m.Str("result") != "success" {
+					t.Errorf("login: %s", m.Raw)
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

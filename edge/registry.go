@@ -31,16 +31,17 @@ type regOp struct {
 }
 
 type registry struct {
-	e     *Edge
-	ops   chan regOp
-	lost  atomic.Bool // an op did not fit in the queue
-	kv    jetstream.KeyValue
-	rev   uint64 // revision of our heartbeat key; 0 when not registered
-	dirty bool   // a write failed: rewrite every key at the next beat
+	e       *Edge
+	ops     chan regOp
+	stopped chan struct{} // closed when run returns
+	lost    atomic.Bool   // an op did not fit in the queue
+	kv      jetstream.KeyValue
+	rev     uint64 // revision of our heartbeat key; 0 when not registered
+	dirty   bool   // a write failed: rewrite every key at the next beat
 }
 
 func newRegistry(e *Edge) *registry {
-	return &registry{e: e, ops: make(chan regOp, 4096)}
+	return &registry{e: e, ops: make(chan regOp, 4096), stopped: make(chan struct{})}
 }
 
 // record queues a change; if the queue is full the next beat rewrites
@@ -62,12 +63,14 @@ func (r *registry) put(ctx context.Context, user string) error {
 	case <-ctx.Done():
 		r.lost.Store(true)
 		return ctx.Err()
-	case <-r.e.closing:
+	case <-r.stopped:
 		return net.ErrClosed
 	}
 	select {
 	case err := <-op.done:
 		return err
+	case <-r.stopped:
+		return net.ErrClosed // shutting down: deregistering removes the key anyway
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -75,6 +78,7 @@ func (r *registry) put(ctx context.Context, user string) error {
 
 func (r *registry) run() {
 	defer r.e.wg.Done()
+	defer close(r.stopped)
 	tick := time.NewTicker(r.e.opts.Heartbeat)
 	defer tick.Stop()
 	r.beat()
@@ -96,7 +100,11 @@ func (r *registry) ctx() (context.Context, context.CancelFunc) {
 }
 
 func (r *registry) apply(op regOp) {
+	start := time.Now()
 	err := r.write(op)
+	if d := time.Since(start); d > time.Second {
+		r.e.log.Warn("slow session registry write", "user", op.user, "add", op.add, "took", d, "err", err)
+	}
 	if err != nil {
 		r.dirty = true
 	}
@@ -126,6 +134,12 @@ func (r *registry) write(op regOp) error {
 func (r *registry) beat() {
 	ctx, cancel := r.ctx()
 	defer cancel()
+	start := time.Now()
+	defer func() {
+		if d := time.Since(start); d > time.Second {
+			r.e.log.Warn("slow heartbeat", "took", d)
+		}
+	}()
 	if r.kv == nil {
 		kv, err := r.e.js.KeyValue(ctx, proto.SessionBucket)
 		if err != nil {
