@@ -25,6 +25,7 @@ import (
 	"github.com/chatd-io/chatd/broker"
 	"github.com/chatd-io/chatd/edge"
 	"github.com/chatd-io/chatd/internal/metrics"
+	"github.com/chatd-io/chatd/internal/passwd"
 	"github.com/chatd-io/chatd/internal/proto"
 	"github.com/chatd-io/chatd/workers"
 )
@@ -232,15 +233,22 @@ func (f *edgeFlags) options(nc *nats.Conn, name string, reg *metrics.Registry, l
 
 // workerFlags configure the command handlers.
 type workerFlags struct {
-	hashCost int
-	replicas int
-	inboxAge time.Duration
-	fileAge  time.Duration
-	deadEdge time.Duration
+	hashAlgo  string
+	hashCost  int
+	argonTime uint
+	argonMem  byteSize
+	replicas  int
+	inboxAge  time.Duration
+	fileAge   time.Duration
+	deadEdge  time.Duration
 }
 
 func (f *workerFlags) register(fs *flagSet) {
-	fs.IntVar(&f.hashCost, "hash-cost", 10, "bcrypt cost for new passwords (4 is for benchmarks only)")
+	fs.StringVar(&f.hashAlgo, "password-hash", passwd.Argon2id, "how new passwords are hashed: argon2id or bcrypt")
+	fs.IntVar(&f.hashCost, "hash-cost", passwd.DefaultBcryptCost, "bcrypt cost, with --password-hash bcrypt (4 is for benchmarks only)")
+	fs.UintVar(&f.argonTime, "argon2-time", passwd.DefaultArgonTime, "argon2id passes over memory")
+	f.argonMem = passwd.DefaultArgonMemoryKiB << 10
+	fs.Var(&f.argonMem, "argon2-memory", "argon2id memory per hash (8KiB, with --argon2-time 1, is for benchmarks only)")
 	fs.IntVar(&f.replicas, "replicas", 1, "JetStream replicas for the streams (3 in a production cluster)")
 	fs.DurationVar(&f.inboxAge, "inbox-max-age", 30*24*time.Hour, "how long messages for offline users are kept")
 	fs.DurationVar(&f.fileAge, "file-max-age", 7*24*time.Hour, "how long files for offline users are kept")
@@ -248,7 +256,9 @@ func (f *workerFlags) register(fs *flagSet) {
 }
 
 func (f *workerFlags) options(nc *nats.Conn, dir, name string, reg *metrics.Registry, log *slog.Logger) workers.Options {
-	return workers.Options{Conn: nc, DataDir: dir, Name: name, Version: version, HashCost: f.hashCost,
+	pw := passwd.Params{Algorithm: f.hashAlgo, BcryptCost: f.hashCost, ArgonTime: uint32(min(f.argonTime, 1<<31)),
+		ArgonMemoryKiB: uint32(min(int64(f.argonMem)>>10, 1<<31))}
+	return workers.Options{Conn: nc, DataDir: dir, Name: name, Version: version, Passwords: pw,
 		Replicas: f.replicas, InboxMaxAge: f.inboxAge, FileMaxAge: f.fileAge, EdgeDeadAfter: f.deadEdge,
 		Metrics: reg, Logger: log.With("role", "worker")}
 }

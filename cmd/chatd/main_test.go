@@ -150,6 +150,8 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		{[]string{"all", "stray"}, nil, `unexpected argument "stray"`},
 		{[]string{"broker", "--nats-listen", ""}, nil, "--nats-listen is required"},
 		{[]string{"worker", "--hash-cost", "99", "--nats", "nats://127.0.0.1:1"}, nil, "hash cost"},
+		{[]string{"worker", "--password-hash", "md5", "--nats", "nats://127.0.0.1:1"}, nil, `password hash "md5"`},
+		{[]string{"all", "--argon2-memory", "4KiB"}, nil, "argon2 memory"},
 		{[]string{"all"}, []string{"CHATD_REQUEST_TIMEOUT=soon"}, "CHATD_REQUEST_TIMEOUT"},
 		{[]string{"all", "--log-level", "loud"}, nil, "--log-level"},
 	}
@@ -176,7 +178,7 @@ func TestVersionAndEnvironmentTwins(t *testing.T) {
 		t.Fatalf("version: %q %v", out, err)
 	}
 	dir := t.TempDir()
-	p := startProc(t, []string{"CHATD_LISTEN=127.0.0.1:0", "CHATD_DATA=" + dir, "CHATD_HTTP="})
+	p := startProc(t, []string{"CHATD_LISTEN=127.0.0.1:0", "CHATD_DATA=" + dir, "CHATD_HTTP=", "CHATD_METRICS="})
 	if p.ready["http"] != "off" || p.ready["data"] != dir || !strings.HasPrefix(p.ready["client"], "127.0.0.1:") {
 		t.Fatalf("environment not applied: %v", p.ready)
 	}
@@ -186,7 +188,7 @@ func TestVersionAndEnvironmentTwins(t *testing.T) {
 // including a message stored for an offline user.
 func TestKillNineAndRestart(t *testing.T) {
 	dir := t.TempDir()
-	args := []string{"all", "--data", dir, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--hash-cost", "4"}
+	args := []string{"all", "--data", dir, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--argon2-time", "1", "--argon2-memory", "8KiB"}
 	p := startProc(t, nil, args...)
 	addr := p.ready["client"]
 	a := chattest.Dial(t, addr)
@@ -220,7 +222,7 @@ func TestKillNineAndRestart(t *testing.T) {
 
 func TestSigtermShutsDownCleanly(t *testing.T) {
 	dir := t.TempDir()
-	args := []string{"all", "--data", dir, "--listen", "127.0.0.1:0", "--http", "", "--hash-cost", "4"}
+	args := []string{"all", "--data", dir, "--listen", "127.0.0.1:0", "--http", "", "--metrics", "", "--argon2-time", "1", "--argon2-memory", "8KiB"}
 	p := startProc(t, nil, args...)
 	cl := chattest.Dial(t, p.ready["client"])
 	cl.Register("alice", "pw")
@@ -238,7 +240,7 @@ func TestSigtermShutsDownCleanly(t *testing.T) {
 func TestSplitProcesses(t *testing.T) {
 	br := startProc(t, nil, "broker", "--nats-listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", t.TempDir())
 	url := br.ready["nats"]
-	startProc(t, nil, "worker", "--nats", url, "--data", t.TempDir(), "--hash-cost", "4")
+	startProc(t, nil, "worker", "--nats", url, "--data", t.TempDir(), "--argon2-time", "1", "--argon2-memory", "8KiB")
 	e1 := startProc(t, nil, "edge", "--nats", url, "--listen", "127.0.0.1:0")
 	e2 := startProc(t, nil, "edge", "--nats", url, "--listen", "127.0.0.1:0")
 	a := chattest.Dial(t, e1.ready["client"])

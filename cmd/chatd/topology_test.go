@@ -19,7 +19,7 @@ import (
 // Short timings so that failure detection fits in a test.
 var (
 	edgeArgs   = []string{"--listen", "127.0.0.1:0", "--heartbeat", "250ms", "--request-timeout", "3s", "--file-ports", "off"}
-	workerArgs = []string{"--hash-cost", "4", "--edge-dead-after", "3s"}
+	workerArgs = []string{"--argon2-time", "1", "--argon2-memory", "8KiB", "--edge-dead-after", "3s"}
 )
 
 func startBroker(t *testing.T, extra ...string) *proc {
