@@ -23,8 +23,8 @@ import (
 type Options struct {
 	// ConfigFile is a nats-server configuration file (accounts, TLS,
 	// gateways, anything the server supports). When set it describes the
-	// server entirely: the fields below but LameDuck, ReadyTimeout and
-	// Logger are ignored.
+	// server entirely: the fields below but LameDuck (when not zero),
+	// ReadyTimeout and Logger are ignored.
 	ConfigFile string
 	// Name identifies the server in monitoring and clusters.
 	Name string
@@ -51,6 +51,7 @@ type Options struct {
 	LeafListen  string
 	LeafRemotes []string
 	// LameDuck is how long a shutdown spreads client disconnects over.
+	// With a ConfigFile, zero keeps the file's lame_duck_duration.
 	LameDuck time.Duration
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	ReadyTimeout time.Duration
@@ -60,6 +61,7 @@ type Options struct {
 // Broker is a running embedded NATS server.
 type Broker struct {
 	opts Options
+	so   *server.Options // what the server was started with
 	ns   *server.Server
 	log  *slog.Logger
 }
@@ -75,7 +77,7 @@ func New(opts Options) (*Broker, error) {
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 10 * time.Second
 	}
-	if opts.LameDuck == 0 {
+	if opts.LameDuck == 0 && opts.ConfigFile == "" {
 		opts.LameDuck = 10 * time.Second
 	}
 	so, err := serverOptions(opts)
@@ -92,17 +94,25 @@ func New(opts Options) (*Broker, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("broker: not ready within %s (is the port in use?)", opts.ReadyTimeout)
 	}
-	return &Broker{opts: opts, ns: ns, log: opts.Logger}, nil
+	return &Broker{opts: opts, so: so, ns: ns, log: opts.Logger}, nil
 }
 
 // Check reports whether opts describe a server that can be started,
-// without starting it: a configuration file is read and parsed.
+// without starting it: a configuration file is read and parsed, and
+// nats-server's own validation runs (a JetStream cluster needs a server
+// name, a domain must be a valid name…), which opens nothing.
 func Check(opts Options) error {
 	if opts.DataDir == "" && !opts.NoJetStream && opts.ConfigFile == "" {
 		return errors.New("broker: a data directory is required for JetStream")
 	}
-	_, err := serverOptions(opts)
-	return err
+	so, err := serverOptions(opts)
+	if err != nil {
+		return err
+	}
+	if _, err := server.NewServer(so); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	return nil
 }
 
 func serverOptions(opts Options) (*server.Options, error) {
@@ -112,7 +122,12 @@ func serverOptions(opts Options) (*server.Options, error) {
 			return nil, fmt.Errorf("config file: %w", err)
 		}
 		so.NoSigs = true
-		so.LameDuckDuration, so.LameDuckGracePeriod = opts.LameDuck, opts.LameDuck/2
+		if opts.LameDuck != 0 {
+			so.LameDuckDuration = opts.LameDuck
+		} else if so.LameDuckDuration == 0 {
+			so.LameDuckDuration = 10 * time.Second
+		}
+		so.LameDuckGracePeriod = so.LameDuckDuration / 2
 		return so, nil
 	}
 	so := &server.Options{
@@ -238,6 +253,21 @@ func (b *Broker) ClientURL() string {
 	}
 	return b.ns.ClientURL()
 }
+
+// LeafAddr is the leaf node listener's address as configured, or "" when
+// the server accepts no leaf nodes.
+func (b *Broker) LeafAddr() string {
+	if b.so.LeafNode.Port == 0 {
+		return ""
+	}
+	return net.JoinHostPort(b.so.LeafNode.Host, strconv.Itoa(b.so.LeafNode.Port))
+}
+
+// JetStream reports whether this server runs JetStream.
+func (b *Broker) JetStream() bool { return b.ns.JetStreamEnabled() }
+
+// LameDuck is how long a shutdown may spread client disconnects over.
+func (b *Broker) LameDuck() time.Duration { return b.so.LameDuckDuration }
 
 // ClusterAddr is the bound route address, or "" outside a cluster.
 func (b *Broker) ClusterAddr() string {

@@ -37,7 +37,7 @@ func newEdgeMetrics(reg *metrics.Registry, e *Edge) *edgeMetrics {
 		defer e.mu.Unlock()
 		return float64(len(e.transfers))
 	})
-	reg.NewGaugeFunc("chatd_edge_nats_reconnects", "Times the edge's NATS connection was re-established.", func() float64 {
+	reg.NewCounterFunc("chatd_edge_nats_reconnects_total", "Times the edge's NATS connection was re-established.", func() float64 {
 		return float64(e.nc.Stats().Reconnects)
 	})
 	return &edgeMetrics{

@@ -102,7 +102,7 @@ func (o Options) Validate() error {
 		return fmt.Errorf("workers: %w", err)
 	}
 	if o.Replicas < 0 || o.Replicas > 5 {
-		return fmt.Errorf("workers: replicas %d outside 1..5", o.Replicas)
+		return fmt.Errorf("workers: replicas %d outside 1..5 (0 means 1)", o.Replicas)
 	}
 	for name, d := range map[string]time.Duration{"inbox max age": o.InboxMaxAge, "file max age": o.FileMaxAge, "deliver timeout": o.DeliverTimeout,
 		"read wait": o.ReadWait, "edge dead after": o.EdgeDeadAfter} {

@@ -10,11 +10,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -97,9 +100,10 @@ type usageError struct{ error }
 // flagSet builds a FlagSet whose flags also read CHATD_* variables.
 type flagSet struct {
 	*flag.FlagSet
-	logLevel string
-	check    bool
-	set      map[string]bool // flags given on the command line or in the environment
+	logLevel   string
+	check      bool
+	set        map[string]bool // flags given on the command line or in the environment
+	unknownEnv []string        // CHATD_* variables that are no flag of this command
 }
 
 func newFlagSet(name string, stderr io.Writer) *flagSet {
@@ -123,6 +127,15 @@ func (fs *flagSet) parse(args []string) error {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	fs.Visit(func(f *flag.Flag) { fs.set[f.Name] = true })
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if flagName, ok := strings.CutPrefix(name, "CHATD_"); ok {
+			flagName = strings.ToLower(strings.ReplaceAll(flagName, "_", "-"))
+			if fs.Lookup(flagName) == nil {
+				fs.unknownEnv = append(fs.unknownEnv, name)
+			}
+		}
+	}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		env := "CHATD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
@@ -141,7 +154,12 @@ func (fs *flagSet) logger(stderr io.Writer) (*slog.Logger, error) {
 	if err := lvl.UnmarshalText([]byte(fs.logLevel)); err != nil {
 		return nil, usageError{fmt.Errorf("--log-level: %w", err)}
 	}
-	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	if len(fs.unknownEnv) > 0 {
+		// A typo in an environment file would otherwise go unnoticed.
+		log.Warn("ignoring environment variables that are not flags of this command", "vars", fs.unknownEnv)
+	}
+	return log, nil
 }
 
 // checked logs the effective configuration for --check.
@@ -174,21 +192,38 @@ func (f *brokerFlags) register(fs *flagSet, natsListen, natsListenHelp string) {
 	fs.StringVar(&f.config, "nats-config", "", "nats-server configuration file (TLS, accounts, gateways…); replaces the NATS flags above")
 }
 
-func (f *brokerFlags) options(fs *flagSet, data string, log *slog.Logger) (broker.Options, error) {
+// options builds the broker's options. alone is true for `chatd broker`,
+// where --data and --name serve the broker only: a --nats-config file then
+// replaces them too (store_dir, server_name).
+func (f *brokerFlags) options(fs *flagSet, data string, alone bool, log *slog.Logger) (broker.Options, error) {
 	if f.config != "" {
-		// The flags a --nats-config file replaces.
-		for _, n := range []string{"nats-listen", "http", "jetstream", "js-domain", "cluster-name",
-			"cluster-listen", "routes", "leafnode-listen", "leafnode-remote"} {
+		replaced := []string{"nats-listen", "http", "jetstream", "js-domain", "cluster-name",
+			"cluster-listen", "routes", "leafnode-listen", "leafnode-remote"}
+		if alone {
+			replaced = append(replaced, "data", "name")
+		}
+		for _, n := range replaced {
 			if fs.set[n] {
 				return broker.Options{}, usageError{fmt.Errorf("--%s and --nats-config exclude each other: set it in the file", n)}
+			}
+		}
+	} else {
+		for _, a := range []struct{ flag, addr string }{{"nats-listen", f.natsListen}, {"http", f.http},
+			{"cluster-listen", f.clusterListen}, {"leafnode-listen", f.leafListen}} {
+			if err := checkAddr(a.flag, a.addr); err != nil {
+				return broker.Options{}, err
 			}
 		}
 	}
 	if f.routes != "" && f.clusterListen == "" {
 		return broker.Options{}, usageError{errors.New("--routes needs --cluster-listen")}
 	}
+	lameDuck := f.lameDuck
+	if f.config != "" && !fs.set["lame-duck"] {
+		lameDuck = 0 // the file's lame_duck_duration, if it has one
+	}
 	opts := broker.Options{ConfigFile: f.config, Name: f.name, Listen: f.natsListen, HTTP: f.http, DataDir: data,
-		LameDuck: f.lameDuck, NoJetStream: !f.jetStream, JetStreamDomain: f.jsDomain, ClusterName: f.clusterName,
+		LameDuck: lameDuck, NoJetStream: !f.jetStream, JetStreamDomain: f.jsDomain, ClusterName: f.clusterName,
 		ClusterListen: f.clusterListen, Routes: splitList(f.routes), LeafListen: f.leafListen,
 		LeafRemotes: splitList(f.leafRemote), Logger: log}
 	if err := broker.Check(opts); err != nil {
@@ -380,13 +415,19 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := wf.validate(&eopts); err != nil {
 		return err
 	}
-	bopts, err := bf.options(fs, *data, quietNATS(log))
+	bopts, err := bf.options(fs, *data, false, quietNATS(log))
 	if err != nil {
 		return err
 	}
+	if err := checkAddrs(map[string]string{"listen": ef.listen, "metrics": *monitorAddr}); err != nil {
+		return err
+	}
 	if fs.check {
+		if bf.config != "" {
+			return checked(log, "all", "client", ef.listen, "nats_config", bf.config, "data", *data)
+		}
 		return checked(log, "all", "client", ef.listen, "nats", orOff(bf.natsListen), "http", orOff(bf.http),
-			"data", *data, "nats_config", orOff(bf.config))
+			"data", *data)
 	}
 	mon, err := startMonitor(*monitorAddr, *profiling, log)
 	if err != nil {
@@ -438,20 +479,23 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	opts, err := bf.options(fs, *data, log)
+	opts, err := bf.options(fs, *data, true, log)
 	if err != nil {
 		return err
 	}
 	if fs.check {
+		if bf.config != "" {
+			return checked(log, "broker", "nats_config", bf.config)
+		}
 		return checked(log, "broker", "nats", bf.natsListen, "http", orOff(bf.http), "cluster", orOff(bf.clusterListen),
-			"leafnodes", orOff(bf.leafListen), "data", *data, "nats_config", orOff(bf.config))
+			"leafnodes", orOff(bf.leafListen), "data", *data)
 	}
 	b, err := broker.New(opts)
 	if err != nil {
 		return err
 	}
 	log.Info("chatd ready", "mode", "broker", "nats", b.ClientURL(), "http", orOff(b.MonitorAddr()),
-		"cluster", orOff(b.ClusterAddr()), "leafnodes", orOff(bf.leafListen), "jetstream", bf.jetStream,
+		"cluster", orOff(b.ClusterAddr()), "leafnodes", orOff(b.LeafAddr()), "jetstream", b.JetStream(),
 		"data", *data, "version", version)
 	<-ctx.Done()
 	log.Info("shutting down")
@@ -476,6 +520,12 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if err := ef.options(nil, *name, nil, log).Validate(); err != nil {
 		return usageError{err}
+	}
+	if err := checkAddrs(map[string]string{"listen": ef.listen, "metrics": *monitorAddr}); err != nil {
+		return err
+	}
+	if err := checkURLs(*natsURL); err != nil {
+		return err
 	}
 	if fs.check {
 		return checked(log, "edge", "client", ef.listen, "nats", *natsURL, "file_ports", ef.filePorts.String(),
@@ -519,6 +569,12 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if err := wf.validate(nil); err != nil {
+		return err
+	}
+	if err := checkAddrs(map[string]string{"metrics": *monitorAddr}); err != nil {
+		return err
+	}
+	if err := checkURLs(*natsURL); err != nil {
 		return err
 	}
 	if fs.check {
@@ -595,7 +651,8 @@ func closeWorker(w *workers.Worker, log *slog.Logger) {
 }
 
 func shutdownBroker(b *broker.Broker) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	// Lame duck mode spreads disconnects over its whole duration.
+	ctx, cancel := context.WithTimeout(context.Background(), b.LameDuck()+5*time.Second)
 	defer cancel()
 	b.Shutdown(ctx)
 }
@@ -624,6 +681,54 @@ func (l levelFloor) WithAttrs(a []slog.Attr) slog.Handler {
 
 func (l levelFloor) WithGroup(n string) slog.Handler {
 	return levelFloor{l.Handler.WithGroup(n), l.min}
+}
+
+// checkAddr refuses a listen address that is not host:port ("" is off).
+func checkAddr(flag, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		if n, perr := strconv.Atoi(port); perr != nil || n < 0 || n > 65535 {
+			err = fmt.Errorf("bad port %q", port)
+		}
+	}
+	if err != nil {
+		return usageError{fmt.Errorf("--%s %q: want host:port: %w", flag, addr, err)}
+	}
+	return nil
+}
+
+func checkAddrs(addrs map[string]string) error {
+	for flag, addr := range addrs {
+		if err := checkAddr(flag, addr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkURLs refuses a --nats value that is not a list of nats:// (or
+// tls://, ws://…) URLs or host:port addresses.
+func checkURLs(list string) error {
+	urls := splitList(list)
+	if len(urls) == 0 {
+		return usageError{errors.New("--nats: no server URL")}
+	}
+	for _, s := range urls {
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s
+		}
+		u, err := url.Parse(s)
+		if err == nil && (u.Host == "" || u.Port() == "") {
+			err = errors.New("want scheme://host:port")
+		}
+		if err != nil {
+			return usageError{fmt.Errorf("--nats %q: %w", s, err)}
+		}
+	}
+	return nil
 }
 
 func splitList(s string) []string {

@@ -173,21 +173,27 @@ func (v *CounterVec) write(w io.Writer) {
 	}
 }
 
-// gaugeFunc is a gauge read at scrape time.
+// gaugeFunc is a gauge, or a counter, read at scrape time.
 type gaugeFunc struct {
-	n, help string
-	f       func() float64
+	n, help, typ string
+	f            func() float64
 }
 
 // NewGaugeFunc registers a gauge whose value f returns when scraped.
 func (r *Registry) NewGaugeFunc(name, help string, f func() float64) {
-	r.add(&gaugeFunc{n: name, help: help, f: f})
+	r.add(&gaugeFunc{n: name, help: help, f: f, typ: "gauge"})
+}
+
+// NewCounterFunc registers a counter kept elsewhere (a library's own
+// statistics), read when scraped; f must never decrease.
+func (r *Registry) NewCounterFunc(name, help string, f func() float64) {
+	r.add(&gaugeFunc{n: name, help: help, f: f, typ: "counter"})
 }
 
 func (g *gaugeFunc) name() string { return g.n }
 
 func (g *gaugeFunc) write(w io.Writer) {
-	header(w, g.n, g.help, "gauge")
+	header(w, g.n, g.help, g.typ)
 	fmt.Fprintf(w, "%s %s\n", g.n, formatFloat(g.f()))
 }
 
