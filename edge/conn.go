@@ -37,6 +37,13 @@ type conn struct {
 	closeOnce sync.Once
 	done      chan struct{} // closed when the socket is closed
 
+	// Reading. dec is nil while the connection is parked: idle, with no
+	// read goroutine, its socket watched by the edge's poller.
+	dec     *proto.Decoder
+	parked  bool         // under mu
+	pollFD  int32        // the socket's descriptor while parked
+	drainAt atomic.Int64 // unix nanoseconds reads stop at once the edge drains
+
 	user    string        // bound user; only the read loop touches it
 	started time.Time     // when the request being handled was read
 	seen    atomic.Uint64 // highest log sequence this session has observed
@@ -46,8 +53,10 @@ func newConn(e *Edge, sock net.Conn) *conn {
 	return &conn{e: e, sock: sock, done: make(chan struct{}), kick: make(chan struct{}, 1)}
 }
 
-// writerIdle is how long a writer waits for more lines before it ends.
-const writerIdle = 10 * time.Second
+// writerIdle is how long a writer waits for more lines before it ends:
+// long enough to stay up through a conversation, short enough that idle
+// connections do not keep one each.
+const writerIdle = time.Second
 
 // workerCommand reports commands the workers answer.
 func workerCommand(cmd string) bool {
@@ -64,12 +73,15 @@ func allowedBeforeLogin(cmd string) bool {
 }
 
 // close drops the connection at once; whatever is still queued is lost.
+// A parked connection is woken first: its read goroutine, finding the
+// socket closed, ends the session.
 func (c *conn) close() {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		c.closed = true
 		c.queue = nil
 		c.mu.Unlock()
+		c.unpark()
 		close(c.done)
 		_ = c.sock.Close()
 	})
@@ -209,14 +221,49 @@ func (c *conn) finish(lingerRead bool) {
 	c.close()
 }
 
+// errPark says the connection has been idle between requests long enough
+// to be parked.
+var errPark = errors.New("idle")
+
+// idleReader feeds the decoder from the socket. A read that times out
+// while the decoder is between values means the client is idle: the read
+// goroutine may then give its stack and buffer back (park).
+type idleReader struct{ c *conn }
+
+func (r idleReader) Read(p []byte) (int, error) {
+	c := r.c
+	for {
+		deadline := time.Now().Add(c.e.opts.IdleAfter)
+		if d := c.drainAt.Load(); d != 0 {
+			deadline = time.Unix(0, d)
+		}
+		_ = c.sock.SetReadDeadline(deadline)
+		n, err := c.sock.Read(p)
+		var ne net.Error
+		if n > 0 || !errors.As(err, &ne) || !ne.Timeout() || c.drainAt.Load() != 0 {
+			return n, err
+		}
+		if c.e.poller != nil && c.dec.Between() {
+			return 0, errPark
+		}
+		// Idle in the middle of a value: keep waiting for the rest.
+	}
+}
+
+// readLoop reads and handles requests until the connection ends or parks.
 func (c *conn) readLoop() {
 	defer c.e.wg.Done()
-	defer c.e.connWG.Done()
-	defer c.e.forget(c)
-	dec := proto.NewDecoder(c.sock, c.e.opts.MaxFrame)
+	if c.dec == nil {
+		c.dec = proto.NewDecoder(idleReader{c}, c.e.opts.MaxFrame)
+	}
 	for {
-		frame, err := dec.Next()
+		frame, err := c.dec.Next()
 		switch {
+		case errors.Is(err, errPark):
+			if c.park() {
+				return
+			}
+			continue
 		case errors.Is(err, proto.ErrTooLarge):
 			c.stop("too_large")
 			return
@@ -237,6 +284,36 @@ func (c *conn) readLoop() {
 	}
 }
 
+// park hands an idle connection to the poller and lets its read
+// goroutine end; it reports false when the connection cannot be parked.
+// Registering under mu keeps close and park from crossing: a connection
+// closed from now on finds it parked and wakes it.
+func (c *conn) park() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.e.poller.add(c) != nil {
+		return false
+	}
+	c.parked = true
+	c.dec = nil // its read buffer goes with the goroutine
+	return true
+}
+
+// unpark gives a parked connection a read goroutine again: it became
+// readable, is being closed, or the edge is draining.
+func (c *conn) unpark() {
+	c.mu.Lock()
+	if !c.parked {
+		c.mu.Unlock()
+		return
+	}
+	c.parked = false
+	c.mu.Unlock()
+	c.e.poller.remove(c)
+	c.e.wg.Add(1)
+	go c.readLoop()
+}
+
 // stop ends the session, then the connection, with a last error line when
 // the client broke the protocol: the byte stream cannot be resynchronised.
 func (c *conn) stop(fatal string) {
@@ -248,6 +325,8 @@ func (c *conn) stop(fatal string) {
 		c.send(errorLine(fatal, ""))
 	}
 	c.finish(fatal != "")
+	c.e.forget(c)
+	c.e.connWG.Done()
 }
 
 // handle answers one request. The frame is valid JSON (the read loop

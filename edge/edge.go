@@ -63,6 +63,10 @@ type Options struct {
 	JetStreamDomain string
 	// Heartbeat is how often the edge tells the workers it is alive.
 	Heartbeat time.Duration
+	// IdleAfter is how long a connection may be silent between requests
+	// before it is parked: its read goroutine ends and the edge's poller
+	// watches its socket until it speaks again (Linux).
+	IdleAfter time.Duration
 	// DrainGrace is how long a shutting-down edge still reads requests
 	// that clients sent before they heard of the shutdown.
 	DrainGrace time.Duration
@@ -103,6 +107,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Heartbeat == 0 {
 		o.Heartbeat = 5 * time.Second
+	}
+	if o.IdleAfter == 0 {
+		o.IdleAfter = 5 * time.Second
 	}
 	if o.DrainGrace == 0 {
 		o.DrainGrace = time.Second
@@ -153,6 +160,7 @@ type Edge struct {
 	serial    uint64 // orders sessions by login, newest highest
 	registry  *registry
 	metrics   *edgeMetrics
+	poller    *poller // nil where idle connections cannot be parked
 
 	closing chan struct{}
 	wg      sync.WaitGroup // every goroutine of the edge
@@ -208,6 +216,13 @@ func New(opts Options) (*Edge, error) {
 	e.wg.Add(2)
 	go e.dispatch()
 	go e.registry.run()
+	if p, err := newPoller(); err != nil {
+		e.log.Info("idle connections keep their goroutines", "reason", err)
+	} else {
+		e.poller = p
+		e.wg.Add(1)
+		go func() { defer e.wg.Done(); p.run() }()
+	}
 	return e, nil
 }
 
@@ -288,7 +303,7 @@ func (e *Edge) Serve() error {
 		e.conns[c] = struct{}{}
 		e.mu.Unlock()
 		e.wg.Add(1)
-		e.connWG.Add(1)
+		e.connWG.Add(1) // done when the connection ends, parked or not
 		go c.readLoop()
 	}
 }
@@ -321,10 +336,13 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	for _, t := range transfers {
 		t.end("aborted", true)
 	}
+	stopReading := time.Now().Add(e.opts.DrainGrace)
 	for _, c := range conns {
 		c.send([]byte(`{"cmd":"server_shutdown","reason":"this server is going away; connect again"}` + "\n"))
 		// Reads stop after the grace; a request in hand is finished first.
-		_ = c.sock.SetReadDeadline(time.Now().Add(e.opts.DrainGrace))
+		c.drainAt.Store(stopReading.UnixNano())
+		_ = c.sock.SetReadDeadline(stopReading)
+		c.unpark()
 	}
 	drained := make(chan struct{})
 	go func() { e.connWG.Wait(); close(drained) }()
@@ -334,6 +352,9 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		for _, c := range conns {
 			c.close()
 		}
+	}
+	if e.poller != nil {
+		e.poller.close()
 	}
 	done := make(chan struct{})
 	go func() { e.wg.Wait(); close(done) }()
@@ -346,6 +367,14 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// Parked is the number of idle connections without a read goroutine.
+func (e *Edge) Parked() int {
+	if e.poller == nil {
+		return 0
+	}
+	return e.poller.len()
 }
 
 // Ready reports whether the edge should be sent clients.

@@ -32,6 +32,8 @@ func newEdgeMetrics(reg *metrics.Registry, e *Edge) *edgeMetrics {
 		defer e.mu.Unlock()
 		return float64(len(e.users))
 	})
+	reg.NewGaugeFunc("chatd_edge_parked_connections", "Idle connections parked without a read goroutine.",
+		func() float64 { return float64(e.Parked()) })
 	reg.NewGaugeFunc("chatd_edge_file_transfers_active", "File transfers in progress on this edge.", func() float64 {
 		e.mu.Lock()
 		defer e.mu.Unlock()

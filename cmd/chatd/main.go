@@ -335,6 +335,7 @@ func startMonitor(addr string, profiling bool, log *slog.Logger) (*monitor, erro
 	if addr == "" {
 		return m, nil
 	}
+	m.reg.AddRuntime()
 	ready := func() error {
 		m.mu.Lock()
 		checks := m.ready

@@ -153,6 +153,11 @@ func (d *Decoder) scalar(first byte) ([]byte, error) {
 	}
 }
 
+// Between reports whether the decoder is between values: nothing of the
+// next value has been read yet. A reader it reads from may use it, during
+// a read, to tell an idle stream from one stalled inside a value.
+func (d *Decoder) Between() bool { return len(d.buf) == 0 }
+
 func (d *Decoder) readByte() (byte, error) {
 	b, err := d.r.ReadByte()
 	if err == io.EOF {
