@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -239,8 +240,9 @@ func (r idleReader) Read(p []byte) (int, error) {
 		}
 		_ = c.sock.SetReadDeadline(deadline)
 		n, err := c.sock.Read(p)
-		var ne net.Error
-		if n > 0 || !errors.As(err, &ne) || !ne.Timeout() || c.drainAt.Load() != 0 {
+		// Only our own deadline means idle: ETIMEDOUT (a peer that
+		// stopped answering keepalives) is a Timeout() error too.
+		if n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) || c.drainAt.Load() != 0 {
 			return n, err
 		}
 		if c.e.poller != nil && c.dec.Between() {
@@ -271,6 +273,9 @@ func (c *conn) readLoop() {
 			c.stop("invalid_json")
 			return
 		case err != nil:
+			if !errors.Is(err, io.EOF) {
+				c.e.log.Debug("client connection ended", "remote", c.sock.RemoteAddr().String(), "user", c.user, "err", err)
+			}
 			c.stop("")
 			return
 		}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
@@ -294,7 +295,13 @@ func (e *Edge) Serve() error {
 			return fmt.Errorf("edge: accept: %w", err)
 		}
 		if tc, ok := nc.(*net.TCPConn); ok {
-			_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: e.opts.KeepAlive,
+			// Jittered by a quarter either way: connections accepted in a
+			// burst (a reconnect storm after a restart) would otherwise
+			// probe in a burst too, and a burst of thousands of packets
+			// overflows the kernel's backlog, which then looks like dead
+			// peers.
+			idle := e.opts.KeepAlive * time.Duration(75+rand.IntN(51)) / 100
+			_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: idle,
 				Interval: 10 * time.Second, Count: 3})
 		}
 		e.metrics.accepted.Inc()

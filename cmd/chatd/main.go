@@ -242,6 +242,7 @@ type edgeFlags struct {
 	fileMax        byteSize
 	heartbeat      time.Duration
 	idleAfter      time.Duration
+	keepAlive      time.Duration
 	jsDomain       string
 }
 
@@ -255,6 +256,7 @@ func (f *edgeFlags) register(fs *flagSet, listen string, withDomain bool) {
 	f.fileMax = 4 << 30
 	fs.Var(&f.fileMax, "file-max", "largest file accepted (bytes, or with KiB, MiB, GiB)")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 5*time.Second, "how often the edge tells the workers it is alive")
+	fs.DurationVar(&f.keepAlive, "keepalive", 30*time.Second, "idle time before TCP keepalive probes; a vanished client is dropped 30s after that")
 	fs.DurationVar(&f.idleAfter, "idle-after", 5*time.Second, "silence after which a connection is parked: no goroutine until it speaks (Linux)")
 	if withDomain {
 		fs.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain of the hub, for an edge in a leaf region")
@@ -264,7 +266,7 @@ func (f *edgeFlags) register(fs *flagSet, listen string, withDomain bool) {
 func (f *edgeFlags) options(nc *nats.Conn, name string, reg *metrics.Registry, log *slog.Logger) edge.Options {
 	return edge.Options{Listen: f.listen, Conn: nc, Name: name, MaxFrame: f.maxFrame,
 		RequestTimeout: f.requestTimeout, FilePortLo: f.filePorts.lo, FilePortHi: f.filePorts.hi,
-		FileTimeout: f.fileTimeout, FileMaxSize: int64(f.fileMax), Heartbeat: f.heartbeat, IdleAfter: f.idleAfter, JetStreamDomain: f.jsDomain,
+		FileTimeout: f.fileTimeout, FileMaxSize: int64(f.fileMax), Heartbeat: f.heartbeat, IdleAfter: f.idleAfter, KeepAlive: f.keepAlive, JetStreamDomain: f.jsDomain,
 		Metrics: reg, Version: version, Logger: log.With("role", "edge")}
 }
 
