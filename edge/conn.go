@@ -164,6 +164,10 @@ func (c *conn) writeLoop() {
 			}
 			c.writing = false
 			c.spare = nil
+			if c.idleWait != nil { // a flush started as the timer fired
+				close(c.idleWait)
+				c.idleWait = nil
+			}
 			c.mu.Unlock()
 			return
 		}
@@ -296,7 +300,9 @@ func (c *conn) readLoop() {
 func (c *conn) park() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.e.poller.add(c) != nil {
+	// A draining edge sets drainAt before it wakes parked connections:
+	// seen here, it means this one would be parked after the wake-up.
+	if c.closed || c.drainAt.Load() != 0 || c.e.poller.add(c) != nil {
 		return false
 	}
 	c.parked = true

@@ -330,11 +330,8 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	}
 	err := e.ln.Close()
 	_ = e.svc.Stop()
+	conns := e.snapshotConns()
 	e.mu.Lock()
-	conns := make([]*conn, 0, len(e.conns))
-	for c := range e.conns {
-		conns = append(conns, c)
-	}
 	transfers := make([]*transfer, 0, len(e.transfers))
 	for t := range e.transfers {
 		transfers = append(transfers, t)
@@ -351,11 +348,14 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		_ = c.sock.SetReadDeadline(stopReading)
 		c.unpark()
 	}
+	start := time.Now()
 	drained := make(chan struct{})
 	go func() { e.connWG.Wait(); close(drained) }()
 	select {
 	case <-drained:
+		e.log.Debug("client connections drained", "connections", len(conns), "took", time.Since(start))
 	case <-ctx.Done():
+		e.log.Warn("cutting client connections that did not drain in time", "left", len(e.snapshotConns()))
 		for _, c := range conns {
 			c.close()
 		}
@@ -374,6 +374,16 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+func (e *Edge) snapshotConns() []*conn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]*conn, 0, len(e.conns))
+	for c := range e.conns {
+		out = append(out, c)
+	}
+	return out
 }
 
 // Parked is the number of idle connections without a read goroutine.

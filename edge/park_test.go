@@ -1,7 +1,10 @@
 package edge_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
+	"sync"
 	"net"
 	"runtime"
 	"testing"
@@ -20,7 +23,16 @@ func TestIdleConnectionsPark(t *testing.T) {
 	}
 	c := chattest.StartBroker(t, "")
 	c.StartWorker("")
-	e := c.StartEdge(func(o *edge.Options) { o.IdleAfter = 50 * time.Millisecond })
+	var logs syncBuffer
+	e := c.StartEdge(func(o *edge.Options) {
+		o.IdleAfter = 50 * time.Millisecond
+		o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("edge log:\n%s", logs.String())
+		}
+	})
 	addr := e.Addr().String()
 	cls := users(t, addr, "alice", "bob", "carol")
 	alice, bob, carol := cls[0], cls[1], cls[2]
@@ -75,6 +87,24 @@ func TestIdleConnectionsPark(t *testing.T) {
 	if len(got) == 0 || got[len(got)-1].Str("cmd") != "server_shutdown" {
 		t.Fatalf("alice saw %v before the close", got)
 	}
+}
+
+// syncBuffer collects log lines from many goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // waitFor polls cond: parking is the absence of activity, so there is no
