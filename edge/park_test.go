@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"sync"
 	"net"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
