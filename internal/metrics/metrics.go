@@ -258,6 +258,24 @@ func (h *Histogram) Observe(d time.Duration) {
 	h.sumNano.Add(uint64(max(d, 0)))
 }
 
+// Count is the number of observations.
+func (h *Histogram) Count() uint64 {
+	var n uint64
+	for i := range h.counts {
+		n += h.counts[i].Load()
+	}
+	return n
+}
+
+// Mean is the average observation, zero before the first.
+func (h *Histogram) Mean() time.Duration {
+	n := h.Count()
+	if n == 0 {
+		return 0
+	}
+	return time.Duration(h.sumNano.Load() / n)
+}
+
 func (v *HistogramVec) name() string { return v.n }
 
 func (v *HistogramVec) write(w io.Writer) {
