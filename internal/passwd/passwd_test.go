@@ -89,3 +89,25 @@ func BenchmarkHash(b *testing.B) {
 		})
 	}
 }
+
+// The rate the hash alone reaches on all cores: what a login storm at the
+// same settings is compared with (logins/s ÷ hashes/s).
+func BenchmarkVerifyParallel(b *testing.B) {
+	for _, p := range []struct {
+		name string
+		p    Params
+	}{
+		{"argon2id-t1-m8KiB", Params{ArgonTime: 1, ArgonMemoryKiB: 8}},
+		{"argon2id-default", Params{}},
+	} {
+		h, _ := p.p.Hash("pw")
+		b.Run(p.name, func(b *testing.B) {
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					_ = Verify(h, "pw")
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "hashes/s")
+		})
+	}
+}
