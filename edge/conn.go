@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/chatd-io/chatd/internal/deadline"
 	"github.com/chatd-io/chatd/internal/proto"
 )
 
@@ -377,8 +378,8 @@ func (c *conn) handle(frame []byte) {
 
 // forward sends the request to a worker and writes the reply.
 func (c *conn) forward(cmd string, id json.RawMessage, frame []byte) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.e.opts.RequestTimeout)
-	defer cancel()
+	ctx := deadline.New(context.Background(), time.Now().Add(c.e.opts.RequestTimeout))
+	defer ctx.Release()
 	reply := c.ask(ctx, cmd, frame, nil)
 	if reply == nil {
 		c.reply(id, unavailable(cmd, frame))

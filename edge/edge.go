@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 
+	"github.com/chatd-io/chatd/internal/deadline"
 	"github.com/chatd-io/chatd/internal/metrics"
 	"github.com/chatd-io/chatd/internal/proto"
 )
@@ -509,7 +510,13 @@ func (e *Edge) unbind(ctx context.Context, c *conn, user string) bool {
 func (e *Edge) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
 	pause := 20 * time.Millisecond
 	for {
-		reply, err := e.nc.RequestMsgWithContext(ctx, m)
+		// A timeout rather than ctx: the client pools its timers, and a
+		// deadline.Context then never needs one of its own.
+		left := deadline.Remaining(ctx, e.opts.RequestTimeout)
+		if left <= 0 {
+			return nil, context.DeadlineExceeded
+		}
+		reply, err := e.nc.RequestMsg(m, left)
 		if !errors.Is(err, nats.ErrNoResponders) {
 			return reply, err
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
+	"github.com/chatd-io/chatd/internal/deadline"
 	"github.com/chatd-io/chatd/internal/passwd"
 	"github.com/chatd-io/chatd/internal/proto"
 	"github.com/chatd-io/chatd/storage"
@@ -400,9 +401,9 @@ func (w *Worker) notify(user string, seq uint64, msg []byte) {
 // closes the race between "offline" and a concurrent login.
 func (w *Worker) deliver(ctx context.Context, user string, msg []byte) (bool, error) {
 	m := &nats.Msg{Subject: proto.UserSubject(user), Data: msg}
-	dctx, cancel := context.WithTimeout(ctx, w.opts.DeliverTimeout)
-	_, err := w.nc.RequestMsgWithContext(dctx, m)
-	cancel()
+	// A timeout rather than a context: the client pools its timers.
+	wait := min(w.opts.DeliverTimeout, deadline.Remaining(ctx, w.opts.DeliverTimeout))
+	_, err := w.nc.RequestMsg(m, max(wait, time.Millisecond))
 	if err == nil {
 		return true, nil
 	}

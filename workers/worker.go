@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/chatd-io/chatd/internal/deadline"
 	"github.com/chatd-io/chatd/internal/metrics"
 	"github.com/chatd-io/chatd/internal/passwd"
 	"github.com/chatd-io/chatd/internal/proto"
@@ -399,17 +400,17 @@ func (w *Worker) endpoint(cmd string, h handler) micro.Handler {
 
 func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), w.opts.ReadWait+w.opts.DeliverTimeout+time.Second)
-	defer cancel()
+	ctx := deadline.New(context.Background(), start.Add(w.opts.ReadWait+w.opts.DeliverTimeout+time.Second))
+	defer ctx.Release()
 	hdr := req.Headers()
 	c := &call{cmd: cmd, user: hdr.Get(proto.HdrUser), body: req.Data(),
 		transfer: hdr.Get(proto.HdrTransfer), offlineOK: hdr.Get(proto.HdrOffline) != ""}
 	var body []byte
 	var err error
-	if seen, _ := strconv.ParseUint(hdr.Get(proto.HdrSeq), 10, 64); seen > 0 {
-		wctx, wcancel := context.WithTimeout(ctx, w.opts.ReadWait)
+	if seen, _ := strconv.ParseUint(hdr.Get(proto.HdrSeq), 10, 64); seen > w.store.LastSeq() {
+		wctx := deadline.New(ctx, start.Add(w.opts.ReadWait))
 		err = w.applier.wait(wctx, seen)
-		wcancel()
+		wctx.Release()
 		if err != nil {
 			w.log.Warn("store behind the session", "cmd", cmd, "err", err)
 			body, c.isError, err = result(cmd, "unavailable"), true, nil
@@ -427,14 +428,16 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 		body, c.isError = result(cmd, "internal_error"), true
 	}
 	out := micro.Headers{}
-	if c.seq == 0 {
-		c.seq = w.store.LastSeq()
-	} else if err := w.applier.wait(ctx, c.seq); err != nil {
-		// The write is in the log and will be applied; only this
-		// worker's next answers may lag until it is.
-		w.log.Warn("own write not applied before replying", "cmd", cmd, "err", err)
+	if c.seq > 0 {
+		if err := w.applier.wait(ctx, c.seq); err != nil {
+			// The write is in the log and will be applied; only this
+			// worker's next answers may lag until it is.
+			w.log.Warn("own write not applied before replying", "cmd", cmd, "err", err)
+		}
+		// Only a write moves the session's position in the log; a read
+		// reply carries no sequence (and no header to parse).
+		out[proto.HdrSeq] = []string{strconv.FormatUint(c.seq, 10)}
 	}
-	out[proto.HdrSeq] = []string{strconv.FormatUint(c.seq, 10)}
 	if c.bind != "" {
 		out[proto.HdrBind] = []string{c.bind}
 	}
