@@ -2,6 +2,8 @@
 // chatd client protocol (JSON lines over TCP, see docs/protocol.md). It talks
 // to the server only through that protocol, so it can measure any
 // implementation of it; --pid adds the server's CPU and memory from /proc.
+// --addr2 puts the receiving side on a second server process (an edge),
+// so that what it receives crosses from one to the other.
 package main
 
 import (
@@ -13,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -32,7 +35,8 @@ Scenarios:
   group     one group; --senders members send group_chat, every other member receives
   login     login storm: connect, login, wait for the reply, disconnect, repeat
   idle      hold many logged-in idle connections; reports server RSS per connection
-  files     concurrent send_file transfers relayed by the server
+  files     concurrent send_file transfers relayed by the server;
+            --count 1 for one huge transfer measured from start to end
   nats      the same round trip as "private" on bare NATS, as a ceiling
   all       private, group, login and nats one after another, with their defaults
 
@@ -54,18 +58,24 @@ func main() {
 
 // common holds the flags every scenario takes.
 type common struct {
-	addr, prefix, password, jsonPath, svgPath, logLevel string
-	warmup, duration, timeout, setupTimeout             time.Duration
-	pid, setupConc                                      int
+	addr, addr2, prefix, password, jsonPath, svgPath, logLevel, pids string
+	warmup, duration, timeout, setupTimeout                          time.Duration
+	setupConc                                                        int
 }
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:8000", "server address (host:port)")
+	fs.StringVar(&c.addr2, "addr2", "", "second server address (host:port) for the receiving side, e.g. another edge\n"+
+		"(default: --addr). files: recipients connect and log in there, and their file ports are on its\n"+
+		"host, senders stay on --addr, so every transfer crosses from one edge to the other.\n"+
+		"private: recipients there, senders on --addr. group, login, idle, nats: ignored")
 	fs.DurationVar(&c.warmup, "warmup", 2*time.Second, "load before measuring starts")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "measured period")
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "a reply or delivery later than this counts as an error")
 	fs.DurationVar(&c.setupTimeout, "setup-timeout", 30*time.Second, "bound on each setup request (registration is bcrypt-bound)")
-	fs.IntVar(&c.pid, "pid", 0, "server process id: report its CPU time in the measured period and RSS before/after, from /proc")
+	fs.StringVar(&c.pids, "pid", "", "server process ids, comma-separated (e.g. broker,worker,edge1,edge2): report from /proc\n"+
+		"their CPU time in the measured period (summed) and each one's RSS at its start, its peak\n"+
+		"(sampled every 100ms) and at its end; the summary shows the largest peak growth and its pid")
 	fs.StringVar(&c.jsonPath, "json", "", "write the results as JSON to this file")
 	fs.StringVar(&c.svgPath, "svg", "", "write an SVG chart of the latency distribution to this file")
 	fs.StringVar(&c.prefix, "prefix", "", "user and group name prefix (default: random, different each run)")
@@ -121,7 +131,10 @@ func scenarioFlags(name string, fs *flag.FlagSet) (runner, bool) {
 		o := bench.DefaultFiles
 		fs.IntVar(&o.Transfers, "transfers", o.Transfers, "concurrent transfers, each between its own pair of friends")
 		fs.Var(&o.Size, "size", "bytes per transfer; suffixes KiB, MiB, GiB (binary) or KB, MB, GB (decimal)")
-		fs.BoolVar(&o.Verify, "verify", o.Verify, "compare SHA-256 of the bytes sent and received")
+		fs.BoolVar(&o.Verify, "verify", o.Verify, "compare SHA-256 of the bytes sent and received (costs the generator CPU)")
+		fs.IntVar(&o.Count, "count", o.Count, "make exactly this many transfers per pair, one after another, then stop; the\n"+
+			"measured period lasts from the first send_file to the last byte received, without warm-up\n"+
+			"(--warmup and --duration are ignored). 0: transfer for --duration after --warmup")
 		return single(bench.RunFiles, &o), true
 	case "nats":
 		o := bench.DefaultNATS
@@ -192,7 +205,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "chatbench %s: %v\n", name, err)
 		return 2
 	}
-	env.Log.Debug("starting", "scenario", name, "addr", env.Addr, "prefix", env.Prefix)
+	env.Log.Debug("starting", "scenario", name, "addr", env.Addr, "addr2", env.Addr2, "pids", env.PIDs, "prefix", env.Prefix)
 
 	started := time.Now()
 	results, runErr := scenario(ctx, env, func(r *bench.Result) {
@@ -233,6 +246,21 @@ func (c *common) env(stderr io.Writer) (*bench.Env, error) {
 	if c.duration <= 0 || c.warmup < 0 || c.timeout <= 0 || c.setupTimeout <= 0 || c.setupConc < 1 {
 		return nil, errors.New("--duration, --timeout, --setup-timeout and --setup-concurrency must be positive, --warmup not negative")
 	}
+	if c.addr2 != "" {
+		if _, _, err := net.SplitHostPort(c.addr2); err != nil {
+			return nil, fmt.Errorf("--addr2: %w", err)
+		}
+	}
+	pids, err := bench.ParsePIDs(c.pids)
+	if err != nil {
+		return nil, fmt.Errorf("--pid: %w", err)
+	}
+	for _, pid := range pids {
+		// Better now than after a setup that may take minutes.
+		if _, err := bench.ReadProc(pid); err != nil {
+			return nil, fmt.Errorf("--pid: %w", err)
+		}
+	}
 	tty := false
 	if f, ok := stderr.(*os.File); ok {
 		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
@@ -240,8 +268,8 @@ func (c *common) env(stderr io.Writer) (*bench.Env, error) {
 		}
 	}
 	con := bench.NewConsole(stderr, tty)
-	return &bench.Env{Addr: c.addr, Prefix: c.prefix, Password: c.password, Warmup: c.warmup, Duration: c.duration,
-		Timeout: c.timeout, SetupTimeout: c.setupTimeout, SetupConcurrency: c.setupConc, PID: c.pid,
+	return &bench.Env{Addr: c.addr, Addr2: c.addr2, Prefix: c.prefix, Password: c.password, Warmup: c.warmup,
+		Duration: c.duration, Timeout: c.timeout, SetupTimeout: c.setupTimeout, SetupConcurrency: c.setupConc, PIDs: pids,
 		Log: slog.New(slog.NewTextHandler(con, &slog.HandlerOptions{Level: lvl})), Console: con}, nil
 }
 
@@ -263,6 +291,7 @@ type report struct {
 	Scenario string          `json:"scenario"`
 	Args     []string        `json:"args"`
 	Addr     string          `json:"addr"`
+	Addr2    string          `json:"addr2,omitempty"`
 	Prefix   string          `json:"prefix"`
 	Started  time.Time       `json:"started"`
 	Results  []*bench.Result `json:"results"`
@@ -271,8 +300,8 @@ type report struct {
 func write(c common, name string, args []string, started time.Time, results []*bench.Result) error {
 	var errs []error
 	if c.jsonPath != "" {
-		b, err := json.MarshalIndent(report{Tool: "chatbench", Scenario: name, Args: args, Addr: c.addr, Prefix: c.prefix,
-			Started: started, Results: results}, "", "  ")
+		b, err := json.MarshalIndent(report{Tool: "chatbench", Scenario: name, Args: args, Addr: c.addr, Addr2: c.addr2,
+			Prefix: c.prefix, Started: started, Results: results}, "", "  ")
 		if err == nil {
 			err = os.WriteFile(c.jsonPath, append(b, '\n'), 0o644)
 		}
@@ -287,7 +316,11 @@ func write(c common, name string, args []string, started time.Time, results []*b
 			series = append(series, bench.Series{Name: r.Scenario + " " + r.Label, H: r.Histogram()})
 			titles = append(titles, r.Scenario)
 		}
-		title := "chatbench " + strings.Join(titles, ", ") + " — " + c.addr + " — " + started.Format(time.DateTime)
+		addr := c.addr
+		if c.addr2 != "" {
+			addr += " → " + c.addr2
+		}
+		title := "chatbench " + strings.Join(titles, ", ") + " — " + addr + " — " + started.Format(time.DateTime)
 		if err := writeSVG(c.svgPath, title, series); err != nil {
 			errs = append(errs, fmt.Errorf("--svg: %w", err))
 		}

@@ -6,49 +6,83 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chatd-io/chatd/edge"
+	"github.com/chatd-io/chatd/internal/bench"
 	"github.com/chatd-io/chatd/internal/chattest"
 )
 
 // TestScenariosAgainstChatd runs scenarios through the CLI entry point
-// against a real in-process server. It checks that messages flow and that
-// nothing counts as an error; it never looks at throughput, which depends
-// on the machine.
+// against a real in-process server: a broker, a worker and two edges, the
+// second for --addr2. It checks that messages flow and that nothing counts
+// as an error; it never looks at throughput, which depends on the machine.
 func TestScenariosAgainstChatd(t *testing.T) {
 	c := chattest.StartBroker(t, "")
 	c.StartWorker("")
+	// The second edge listens on another loopback address when there is
+	// one, with file ports of its own: a recipient that logs in or fetches
+	// its file anywhere else than there fails.
+	host2 := "127.0.0.2"
+	if ln, err := net.Listen("tcp", host2+":0"); err != nil {
+		t.Logf("no %s here (%v): both edges on 127.0.0.1", host2, err)
+		host2 = "127.0.0.1"
+	} else {
+		_ = ln.Close()
+	}
 	lo := 20000 + rand.IntN(20000) // the edge skips ports somebody else holds
-	addr := c.StartEdge(func(o *edge.Options) {
-		o.FilePortLo, o.FilePortHi = lo, lo+40
-		o.FileTimeout = 3 * time.Second
-	}).Addr().String()
-	common := []string{"--addr", addr, "--duration", "300ms", "--warmup", "0", "--timeout", "3s",
-		"--pid", strconv.Itoa(os.Getpid())}
+	startEdge := func(host string, lo int) string {
+		return c.StartEdge(func(o *edge.Options) {
+			o.Listen = net.JoinHostPort(host, "0")
+			o.FilePortLo, o.FilePortHi = lo, lo+40
+			o.FileTimeout = 3 * time.Second
+		}).Addr().String()
+	}
+	addr, addr2 := startEdge("127.0.0.1", lo), startEdge(host2, lo+50)
+	common := []string{"--addr", addr, "--duration", "300ms", "--warmup", "0", "--timeout", "3s"}
+
+	// Several processes for --pid: this one and its parent (go test).
+	self := strconv.Itoa(os.Getpid())
+	two := self + "," + strconv.Itoa(os.Getppid())
+	if _, err := bench.ReadProc(os.Getppid()); err != nil {
+		two = ""
+	}
 
 	tests := []struct {
-		scenario string
-		args     []string
-		unit     string
+		name, scenario string
+		args           []string
+		unit           string
+		pids           string
+		count          float64 // the exact count wanted; 0: any
 	}{
-		{"private", []string{"--pairs", "2"}, "msg"},
-		{"login", []string{"--users", "12", "--friends", "4", "--concurrency", "3"}, "login"},
-		{"files", []string{"--transfers", "2", "--size", "256KiB"}, "MiB"},
+		{"private", "private", []string{"--pairs", "2"}, "msg", self, 0},
+		{"private across edges", "private", []string{"--pairs", "2", "--addr2", addr2}, "msg", self, 0},
+		{"login", "login", []string{"--users", "12", "--friends", "4", "--concurrency", "3"}, "login", self, 0},
+		{"files", "files", []string{"--transfers", "2", "--size", "256KiB"}, "MiB", self, 0},
+		{"files across edges", "files", []string{"--transfers", "2", "--size", "256KiB", "--addr2", addr2}, "MiB", self, 0},
+		// --count: exactly 2×3 transfers of 1MiB, however long --duration.
+		{"files count, two pids", "files", []string{"--transfers", "2", "--size", "1MiB", "--count", "3", "--addr2", addr2,
+			"--duration", "1h", "--warmup", "1h"}, "MiB", two, 6},
 	}
 	for _, tt := range tests {
-		t.Run(tt.scenario, func(t *testing.T) {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.pids == "" {
+				t.Skip("the parent process cannot be read from /proc")
+			}
 			dir := t.TempDir()
 			jsonPath, svgPath := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.svg")
 			args := append(append([]string{tt.scenario}, common...), tt.args...)
-			args = append(args, "--json", jsonPath, "--svg", svgPath)
+			args = append(args, "--pid", tt.pids, "--json", jsonPath, "--svg", svgPath)
 			var stdout, stderr bytes.Buffer
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -59,6 +93,7 @@ func TestScenariosAgainstChatd(t *testing.T) {
 			if len(lines) != 1 || !strings.HasPrefix(lines[0], tt.scenario+" ") || !strings.Contains(lines[0], "errors=0") {
 				t.Fatalf("want one summary line with errors=0, got %q", stdout.String())
 			}
+			t.Log(lines[0])
 
 			var rep report
 			b, err := os.ReadFile(jsonPath)
@@ -71,22 +106,66 @@ func TestScenariosAgainstChatd(t *testing.T) {
 			if len(rep.Results) != 1 {
 				t.Fatalf("%d results", len(rep.Results))
 			}
+			if slices.Contains(tt.args, "--addr2") != (rep.Addr2 == addr2) {
+				t.Errorf("report addr2 %q", rep.Addr2)
+			}
 			r := rep.Results[0]
-			if r.Scenario != tt.scenario || r.Unit != tt.unit || r.Count <= 0 || r.Errors != 0 {
+			if r.Scenario != tt.scenario || r.Unit != tt.unit || r.Count <= 0 || r.Errors != 0 || r.Interrupted {
 				t.Fatalf("result %+v: want %s with count > 0 and no errors", r, tt.scenario)
+			}
+			if tt.count > 0 {
+				done, _ := r.Extra["transfers_completed"].(float64)
+				if r.Count != tt.count || done != tt.count || r.Latency == nil || r.Latency.Count != uint64(tt.count) {
+					t.Fatalf("count %v, %v transfers, latency %+v; want exactly %v", r.Count, done, r.Latency, tt.count)
+				}
 			}
 			if r.Latency == nil || r.Latency.Count == 0 || r.Latency.P50Ms <= 0 || r.Latency.MaxMs < r.Latency.P99Ms {
 				t.Fatalf("latency %+v", r.Latency)
 			}
-			if r.Server == nil || r.Server.RSSAfter <= 0 {
-				t.Fatalf("server stats %+v, want RSS from --pid", r.Server)
-			}
+			checkServer(t, r.Server, tt.pids, lines[0])
 			svg, err := os.ReadFile(svgPath)
 			if err != nil {
 				t.Fatal(err)
 			}
 			wellFormed(t, svg)
 		})
+	}
+}
+
+// checkServer checks what --pid reported: every process, in order, with
+// plausible RSS, and the summary naming the one that grew most.
+func checkServer(t *testing.T, s *bench.ServerStats, pidList, summary string) {
+	t.Helper()
+	pids, err := bench.ParsePIDs(pidList)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s == nil || len(s.Procs) != len(pids) {
+		t.Fatalf("server stats %+v, want %d processes from --pid", s, len(pids))
+	}
+	var before, after int64
+	for i, p := range s.Procs {
+		if p.PID != pids[i] || p.RSSStart <= 0 || p.RSSEnd <= 0 || p.RSSPeak < max(p.RSSStart, p.RSSEnd) ||
+			p.RSSGrowth != p.RSSPeak-p.RSSStart || p.CPUSeconds < 0 {
+			t.Errorf("process %d: %+v", pids[i], p)
+		}
+		if p.RSSGrowth > s.RSSPeakGrowth {
+			t.Errorf("process %d grew %d, more than the largest growth %d", p.PID, p.RSSGrowth, s.RSSPeakGrowth)
+		}
+		before, after = before+p.RSSStart, after+p.RSSEnd
+	}
+	if s.RSSBefore != before || s.RSSAfter != after || s.RSSSamples < 2 || !slices.Contains(pids, s.RSSPeakGrowthPID) {
+		t.Errorf("server stats %+v", s)
+	}
+	if (len(pids) == 1) != (s.PID == pids[0]) {
+		t.Errorf("pid %d, want it set for one process only", s.PID)
+	}
+	want := fmt.Sprintf("rss peak growth=%.1fMiB (pid %d)", float64(s.RSSPeakGrowth)/(1<<20), s.RSSPeakGrowthPID)
+	if !strings.Contains(summary, want) {
+		t.Errorf("summary %q does not say %q", summary, want)
+	}
+	if len(pids) > 1 && !strings.Contains(summary, fmt.Sprintf("%d server processes", len(pids))) {
+		t.Errorf("summary %q does not say how many processes", summary)
 	}
 }
 
@@ -120,6 +199,13 @@ func TestUsage(t *testing.T) {
 		{[]string{"private", "--prefix", "a b"}, 2, "--prefix"},
 		{[]string{"files", "--size", "12XB"}, 2, "size"},
 		{[]string{"private", "--duration", "0s"}, 2, "--duration"},
+		{[]string{"files", "-h"}, 0, "-count"},
+		{[]string{"private", "-h"}, 0, "-addr2"},
+		{[]string{"private", "--addr2", "nohost"}, 2, "--addr2"},
+		{[]string{"private", "--pid", "12x"}, 2, "--pid"},
+		{[]string{"private", "--pid", "1,1"}, 2, "listed twice"},
+		{[]string{"private", "--pid", strconv.Itoa(os.Getpid()) + ",1073741824"}, 2, "1073741824"},
+		{[]string{"files", "--count", "-1", "--addr", "127.0.0.1:1", "--warmup", "0"}, 1, "--count"},
 		// Nothing listens on port 1: setup fails cleanly.
 		{[]string{"private", "--addr", "127.0.0.1:1", "--warmup", "0", "--duration", "10ms"}, 1, "connect"},
 	}

@@ -77,6 +77,9 @@ func RunPrivate(ctx context.Context, env *Env, o PrivateOptions) (*Result, error
 		Label:     fmt.Sprintf("pairs=%d window=%d", o.Pairs, o.Window),
 		Params:    map[string]any{"pairs": o.Pairs, "window": o.Window},
 		LatencyOf: "private_chat written by the sender → read by the recipient"}
+	if env.Addr2 != "" {
+		res.Params["addr2"] = env.Addr2 // recipients are there
+	}
 	r := &chatRun{env: env, m: newMeter("private", "msg", env.Log), kind: "private_chat", reply: "private_chat_reply"}
 	names := make([]string, 2*o.Pairs)
 	for i := range o.Pairs {
@@ -84,7 +87,7 @@ func RunPrivate(ctx context.Context, env *Env, o PrivateOptions) (*Result, error
 	}
 	// Senders are wired after setup because members exist only then.
 	setup := func(ctx context.Context) error {
-		if err := r.open(ctx, names); err != nil {
+		if err := r.open(ctx, names, env.addrs(len(names), o.Pairs)); err != nil {
 			return err
 		}
 		r.m.setupTotal.Add(int64(o.Pairs))
@@ -122,7 +125,8 @@ func RunGroup(ctx context.Context, env *Env, o GroupOptions) (*Result, error) {
 		names[i] = env.name("g", i, "m")
 	}
 	setup := func(ctx context.Context) error {
-		if err := r.open(ctx, names); err != nil {
+		// All members on --addr: --addr2 has no receiving side to pick here.
+		if err := r.open(ctx, names, env.addrs(len(names), len(names))); err != nil {
 			return err
 		}
 		r.m.setupTotal.Add(int64(o.Members))
@@ -172,9 +176,10 @@ func (r *chatRun) addSender(mb *member, fl *flow, head []byte) {
 	r.senders = append(r.senders, s)
 }
 
-// open connects, registers and logs in every name as a member.
-func (r *chatRun) open(ctx context.Context, names []string) error {
-	conns, err := openUsers(ctx, r.env, r.m, names, readBuf)
+// open connects every name to its address, registers and logs it in as
+// a member.
+func (r *chatRun) open(ctx context.Context, names, addrs []string) error {
+	conns, err := openUsers(ctx, r.env, r.m, names, addrs, readBuf)
 	if err != nil {
 		return err
 	}
@@ -185,15 +190,15 @@ func (r *chatRun) open(ctx context.Context, names []string) error {
 	return nil
 }
 
-// openUsers connects, registers and logs in every name, each on its own
-// connection, counting progress against the setup total. On error it
-// closes what it opened.
-func openUsers(ctx context.Context, env *Env, m *Meter, names []string, bufSize int) ([]*Conn, error) {
+// openUsers connects every name to its address (addrs[i] for names[i]),
+// registers and logs it in, each on its own connection, counting progress
+// against the setup total. On error it closes what it opened.
+func openUsers(ctx context.Context, env *Env, m *Meter, names, addrs []string, bufSize int) ([]*Conn, error) {
 	conns := make([]*Conn, len(names))
 	m.setupTotal.Add(int64(len(names)))
 	err := parallel(ctx, len(names), env.SetupConcurrency, func(ctx context.Context, _, i int) error {
 		defer m.setupDone.Add(1)
-		c, err := Dial(ctx, env.Addr, bufSize)
+		c, err := Dial(ctx, addrs[i], bufSize)
 		if err != nil {
 			return err
 		}
@@ -285,7 +290,7 @@ func (r *chatRun) run(ctx context.Context, res *Result, setup func(context.Conte
 		res.Rate = res.Count / w.elapsed.Seconds()
 	}
 	res.Extra = map[string]any{"sent_total": sent}
-	res.fill(m, w, h, env, rateText(res.Rate))
+	res.fill(m, w, h, rateText(res.Rate))
 	return res, nil
 }
 

@@ -22,6 +22,12 @@ type FilesOptions struct {
 	Transfers int  // concurrent transfers, each between its own pair of friends
 	Size      Size // bytes per transfer
 	Verify    bool // compare SHA-256 of what was sent and what arrived
+	// Count, when positive, makes each pair do exactly Count transfers
+	// one after another, without warm-up; the measured period lasts from
+	// the first send_file to the last byte received, whatever
+	// Env.Duration says. For a few huge transfers, which a timed period
+	// would cut.
+	Count int
 }
 
 // DefaultFiles is the files scenario's defaults.
@@ -41,35 +47,51 @@ type filePair struct {
 }
 
 type filesRun struct {
-	env     *Env
-	m       *Meter
-	o       FilesOptions
-	host    string
-	pattern []byte
-	hists   []*Histogram
-	done    atomic.Int64 // completed transfers in the measured period
-	ever    atomic.Bool  // some transfer has completed
-	abort   context.CancelCauseFunc
+	env *Env
+	m   *Meter
+	o   FilesOptions
+	// shost and rhost are the hosts of the sender's and the recipient's
+	// server: each file port is on the server its client is connected to.
+	shost, rhost string
+	pattern      []byte
+	hists        []*Histogram
+	done         atomic.Int64 // completed transfers in the measured period
+	ever         atomic.Bool  // some transfer has completed
+	abort        context.CancelCauseFunc
 }
 
 // RunFiles measures file transfers relayed by the server (send_file).
 func RunFiles(ctx context.Context, env *Env, o FilesOptions) (*Result, error) {
-	if o.Transfers < 1 || o.Size < 1 {
-		return nil, errors.New("files: need --transfers ≥ 1 and --size ≥ 1")
+	if o.Transfers < 1 || o.Size < 1 || o.Count < 0 {
+		return nil, errors.New("files: need --transfers ≥ 1, --size ≥ 1 and --count ≥ 0")
 	}
-	host, _, err := net.SplitHostPort(env.Addr)
+	shost, _, err := net.SplitHostPort(env.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("files: --addr %q: %w", env.Addr, err)
+	}
+	rhost, _, err := net.SplitHostPort(env.recvAddr())
+	if err != nil {
+		return nil, fmt.Errorf("files: --addr2 %q: %w", env.Addr2, err)
 	}
 	res := &Result{Scenario: "files", Started: time.Now(), Unit: "MiB",
 		Label:     fmt.Sprintf("transfers=%d size=%s", o.Transfers, o.Size),
 		Params:    map[string]any{"transfers": o.Transfers, "size_bytes": int64(o.Size), "verify": o.Verify},
 		LatencyOf: "send_file request → recipient has read every byte"}
+	if env.Addr2 != "" {
+		res.Params["addr2"] = env.Addr2 // recipients are there
+	}
+	warmup, duration := env.Warmup, env.Duration
+	if o.Count > 0 {
+		res.Label += fmt.Sprintf(" count=%d", o.Count)
+		res.Params["count"] = o.Count
+		warmup, duration = 0, 0 // until the transfers are done
+	}
 	m := newMeter("files", "MiB", env.Log)
 	m.scale = 1 << 20 // the meter counts bytes
+	m.goal.Store(int64(o.Count) * int64(o.Transfers) * int64(o.Size))
 	pctx, stopProgress := context.WithCancel(context.Background())
 	var pwg sync.WaitGroup
-	pwg.Go(func() { m.progress(pctx, env.Console, env.Warmup, env.Duration) })
+	pwg.Go(func() { m.progress(pctx, env.Console, warmup, duration) })
 	defer func() { stopProgress(); pwg.Wait() }()
 
 	// A pattern whose length is not a power of two, so that blocks of the
@@ -77,13 +99,13 @@ func RunFiles(ctx context.Context, env *Env, o FilesOptions) (*Result, error) {
 	pattern := make([]byte, 1<<20+61)
 	rng := rand.NewChaCha8([32]byte{'c', 'h', 'a', 't', 'b', 'e', 'n', 'c', 'h'})
 	_, _ = rng.Read(pattern)
-	fr := &filesRun{env: env, m: m, o: o, host: host, pattern: pattern}
+	fr := &filesRun{env: env, m: m, o: o, shost: shost, rhost: rhost, pattern: pattern}
 
 	names := make([]string, 2*o.Transfers)
 	for i := range o.Transfers {
 		names[i], names[o.Transfers+i] = env.name("f", i, "s"), env.name("f", i, "r")
 	}
-	conns, err := openUsers(ctx, env, m, names, 16<<10)
+	conns, err := openUsers(ctx, env, m, names, env.addrs(len(names), o.Transfers), 16<<10)
 	if err != nil {
 		return nil, fmt.Errorf("files setup: %w", err)
 	}
@@ -121,11 +143,26 @@ func RunFiles(ctx context.Context, env *Env, o FilesOptions) (*Result, error) {
 	defer stop()
 	var wg sync.WaitGroup
 	fr.hists = make([]*Histogram, len(pairs))
-	for i, p := range pairs {
+	for i := range fr.hists {
 		fr.hists[i] = new(Histogram)
-		wg.Go(func() { fr.loop(sctx, rctx, p, fr.hists[i]) })
 	}
-	w, err := m.measure(rctx, env)
+	start := func() {
+		for i, p := range pairs {
+			wg.Go(func() { fr.loop(sctx, rctx, p, o.Count, fr.hists[i]) })
+		}
+	}
+	var w window
+	if o.Count > 0 {
+		// Start with the measured period and end it with the last transfer.
+		w, err = m.measureWhile(rctx, env, 0, func() bool {
+			start()
+			wg.Wait()
+			return rctx.Err() == nil
+		})
+	} else {
+		start()
+		w, err = m.measure(rctx, env)
+	}
 	stop()
 	wg.Wait()
 	if cause := context.Cause(rctx); cause != nil && ctx.Err() == nil {
@@ -143,7 +180,11 @@ func RunFiles(ctx context.Context, env *Env, o FilesOptions) (*Result, error) {
 		res.Rate = res.Count / w.elapsed.Seconds()
 	}
 	res.Extra = map[string]any{"transfers_completed": fr.done.Load()}
-	res.fill(m, w, h, env, fmt.Sprintf("%.1f MiB/s (%d transfers done)", res.Rate, fr.done.Load()))
+	rate := fmt.Sprintf("%.1f MiB/s (%d transfers done)", res.Rate, fr.done.Load())
+	if o.Count > 0 {
+		rate = fmt.Sprintf("%.1f MiB/s (%d transfers done, %.1f MiB in %.2fs)", res.Rate, fr.done.Load(), res.Count, w.elapsed.Seconds())
+	}
+	res.fill(m, w, h, rate)
 	return res, nil
 }
 
@@ -179,11 +220,12 @@ func (fr *filesRun) control(user string, ch chan *Reply, cmds ...string) func([]
 // at all, as opposed to one transfer going wrong.
 var errFatal = errors.New("file transfer does not work against this server")
 
-// loop starts transfers until more is done; a transfer under way then
-// finishes (under xfer, which only an abort or an interrupt ends), so the
-// server sees complete transfers rather than a burst of aborted ones.
-func (fr *filesRun) loop(more, xfer context.Context, p *filePair, h *Histogram) {
-	for n := 0; more.Err() == nil; n++ {
+// loop starts transfers until more is done, or count of them (0: no
+// limit) have been made; a transfer under way then finishes (under xfer,
+// which only an abort or an interrupt ends), so the server sees complete
+// transfers rather than a burst of aborted ones.
+func (fr *filesRun) loop(more, xfer context.Context, p *filePair, count int, h *Histogram) {
+	for n := 0; more.Err() == nil && (count == 0 || n < count); n++ {
 		err := fr.transfer(xfer, p, n, h)
 		switch {
 		case err == nil:
@@ -238,8 +280,8 @@ func (fr *filesRun) transfer(ctx context.Context, p *filePair, n int, h *Histogr
 	var sendErr error
 	var sent []byte
 	var wg sync.WaitGroup
-	wg.Go(func() { sent, sendErr = fr.send(ctx, net.JoinHostPort(fr.host, sport), size) })
-	got, recvErr := fr.receive(ctx, net.JoinHostPort(fr.host, rport), size)
+	wg.Go(func() { sent, sendErr = fr.send(ctx, net.JoinHostPort(fr.shost, sport), size) })
+	got, recvErr := fr.receive(ctx, net.JoinHostPort(fr.rhost, rport), size)
 	wg.Wait()
 	if err := errors.Join(sendErr, recvErr); err != nil {
 		return err

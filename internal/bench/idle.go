@@ -113,17 +113,18 @@ func RunIdle(ctx context.Context, env *Env, o IdleOptions) (*Result, error) {
 	// CPU is reported for the hold alone (what idle connections cost over
 	// time); the ramp-up's logins are reported apart. RSS is compared with
 	// the baseline taken before any client connected.
-	rampEnd, err := env.sample()
+	watch, err := env.watch()
 	if err != nil {
 		return nil, err
 	}
-	w := window{before: rampEnd}
+	var w window
 	m.setPhase(phaseMeasure)
 	start := time.Now()
 	w.interrupted = !sleep(ctx, o.Hold)
 	w.elapsed = time.Since(start)
-	if w.after, err = env.sample(); err != nil {
-		return nil, err
+	rampEnd := watch.start()
+	if w.procs, w.rssSamples, err = watch.stop(); err != nil {
+		return nil, fmt.Errorf("--pid: %w", err)
 	}
 	held := m.total.Load()
 	w.count = held
@@ -135,16 +136,17 @@ func RunIdle(ctx context.Context, env *Env, o IdleOptions) (*Result, error) {
 	}
 	res.Count = float64(held)
 	res.Extra = map[string]any{"held": held, "dropped_while_holding": dropped.Load()}
-	res.fill(m, w, h, env, fmt.Sprintf("%d held", held))
+	res.fill(m, w, h, fmt.Sprintf("%d held", held))
 	if s := res.Server; s != nil && held > 0 {
 		rampCPU := (rampEnd.CPU - before.CPU).Seconds()
 		res.Extra["ramp_up_cpu_seconds"] = rampCPU
 		s.CPUPerUnitUs = 0 // CPU per connection means nothing for idle ones; memory does
 		s.RSSBefore = before.RSS
 		s.RSSPerConnKiB = float64(s.RSSAfter-s.RSSBefore) / float64(held) / 1024
-		res.Summary = fmt.Sprintf("%s %s: %d held (login p50=%s p99=%s max=%s) errors=%d  server rss=%s→%s = %.1fKiB/conn  cpu ramp-up=%.2fs hold=%.2fs",
+		res.Summary = fmt.Sprintf("%s %s: %d held (login p50=%s p99=%s max=%s) errors=%d  %s rss=%s→%s = %.1fKiB/conn  cpu ramp-up=%.2fs hold=%.2fs  rss peak growth during hold=%s (pid %d)",
 			res.Scenario, res.Label, held, fmtLatency(h.Quantile(0.5)), fmtLatency(h.Quantile(0.99)), fmtLatency(h.Max()),
-			res.Errors, fmtMiB(s.RSSBefore), fmtMiB(s.RSSAfter), s.RSSPerConnKiB, rampCPU, s.CPUSeconds)
+			res.Errors, res.serverName(), fmtMiB(s.RSSBefore), fmtMiB(s.RSSAfter), s.RSSPerConnKiB, rampCPU, s.CPUSeconds,
+			fmtMiB(s.RSSPeakGrowth), s.RSSPeakGrowthPID)
 		if res.Interrupted {
 			res.Summary += "  (interrupted)"
 		}

@@ -79,7 +79,7 @@ func RunLogin(ctx context.Context, env *Env, o LoginOptions) (*Result, error) {
 	if w.elapsed > 0 {
 		res.Rate = res.Count / w.elapsed.Seconds()
 	}
-	res.fill(m, w, h, env, fmtRate(res.Rate)+" logins/s")
+	res.fill(m, w, h, fmtRate(res.Rate)+" logins/s")
 	return res, nil
 }
 

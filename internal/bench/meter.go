@@ -96,6 +96,9 @@ type Meter struct {
 	phaseBase  atomic.Int64 // total at phase start
 	setupDone  atomic.Int64
 	setupTotal atomic.Int64
+	// goal is the events the measured period is to see when it lasts
+	// until work is done rather than for a time (progress shows it).
+	goal atomic.Int64
 
 	nerr  atomic.Int64
 	mu    sync.Mutex
@@ -152,7 +155,8 @@ func (m *Meter) Errors() (int64, map[string]int64) {
 	return m.nerr.Load(), maps.Clone(m.kinds)
 }
 
-// progress reports until ctx ends.
+// progress reports until ctx ends. A duration of 0 is a measured period
+// that lasts until the goal is reached.
 func (m *Meter) progress(ctx context.Context, con *Console, warmup, duration time.Duration) {
 	t := time.NewTicker(con.Interval())
 	defer t.Stop()
@@ -177,6 +181,12 @@ func (m *Meter) progress(ctx context.Context, con *Console, warmup, duration tim
 				s = fmt.Sprintf("%s: %s/%s  %d held  errors=%d", m.name, el.Truncate(100*time.Millisecond), duration, m.total.Load(), errs)
 				break
 			}
+			if duration <= 0 { // until the work is done, not for a time
+				done := float64(m.total.Load()-m.phaseBase.Load()) / m.scale
+				s = fmt.Sprintf("%s: %s  %s/%s %s  %s %s/s  errors=%d", m.name, el.Truncate(100*time.Millisecond),
+					fmtRate(done), fmtRate(float64(m.goal.Load())/m.scale), m.unit, fmtRate(rate), m.unit, errs)
+				break
+			}
 			s = fmt.Sprintf("%s: %s/%s  %s %s/s  errors=%d", m.name, el.Truncate(100*time.Millisecond), duration, fmtRate(rate), m.unit, errs)
 		default:
 			s = fmt.Sprintf("%s: finishing  errors=%d", m.name, errs)
@@ -187,34 +197,44 @@ func (m *Meter) progress(ctx context.Context, con *Console, warmup, duration tim
 
 // window is what the measured period observed.
 type window struct {
-	elapsed     time.Duration
-	count       int64
-	before      *ProcSample
-	after       *ProcSample
+	elapsed time.Duration
+	count   int64
+	// procs is what the --pid processes did, nil without --pid;
+	// rssSamples is how many times their RSS was read.
+	procs       []ProcStats
+	rssSamples  int
 	interrupted bool
 }
 
 // measure runs the warm-up and the measured period. A cancelled ctx ends
 // either early; what was measured so far is still returned, marked.
 func (m *Meter) measure(ctx context.Context, env *Env) (window, error) {
+	return m.measureWhile(ctx, env, env.Warmup, func() bool { return sleep(ctx, env.Duration) })
+}
+
+// measureWhile runs a warm-up of the given length, then measures while
+// body runs. body reports whether it ran to its end; false marks the
+// window interrupted. Load that starts only in body (instead of running
+// through the warm-up) is measured from its first event to its last.
+func (m *Meter) measureWhile(ctx context.Context, env *Env, warmup time.Duration, body func() bool) (window, error) {
 	var w window
 	m.setPhase(phaseWarmup)
-	if !sleep(ctx, env.Warmup) {
+	if !sleep(ctx, warmup) {
 		return w, fmt.Errorf("interrupted during warm-up: %w", context.Cause(ctx))
 	}
-	var err error
-	if w.before, err = env.sample(); err != nil {
+	watch, err := env.watch()
+	if err != nil {
 		return w, err
 	}
 	m.setPhase(phaseMeasure)
 	start, c0 := time.Now(), m.total.Load()
 	m.on.Store(true)
-	w.interrupted = !sleep(ctx, env.Duration)
+	w.interrupted = !body()
 	m.on.Store(false)
 	w.elapsed, w.count = time.Since(start), m.total.Load()-c0
 	m.setPhase(phaseDrain)
-	if w.after, err = env.sample(); err != nil {
-		return w, err
+	if w.procs, w.rssSamples, err = watch.stop(); err != nil {
+		return w, fmt.Errorf("--pid: %w", err)
 	}
 	return w, nil
 }
@@ -260,21 +280,63 @@ type Env struct {
 	SetupTimeout time.Duration
 	// SetupConcurrency is the number of connections used for setup.
 	SetupConcurrency int
-	// PID is the server process to watch; 0 for none.
-	PID     int
+	// Addr2 is where the receiving side connects when it is not Addr
+	// ("" for Addr): recipients of files and of private messages, so that
+	// what they get crosses from one server process to another.
+	Addr2 string
+	// PIDs are the server processes to watch (none: nil): their CPU time
+	// is summed, their RSS followed one by one.
+	PIDs    []int
 	Log     *slog.Logger
 	Console *Console
 }
 
-func (env *Env) sample() (*ProcSample, error) {
-	if env.PID == 0 {
-		return nil, nil
+// recvAddr is the address of the receiving side.
+func (env *Env) recvAddr() string {
+	if env.Addr2 != "" {
+		return env.Addr2
 	}
-	s, err := ReadProc(env.PID)
+	return env.Addr
+}
+
+// addrs returns the address of each of n users: those from index from on
+// receive and connect to recvAddr, the others to Addr.
+func (env *Env) addrs(n, from int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = env.Addr
+		if i >= from {
+			out[i] = env.recvAddr()
+		}
+	}
+	return out
+}
+
+// watch starts following the --pid processes (nil without any).
+func (env *Env) watch() (*procWatch, error) {
+	w, err := watchProcs(env.PIDs, sampleEvery, ReadProc)
 	if err != nil {
 		return nil, fmt.Errorf("--pid: %w", err)
 	}
-	return &s, nil
+	return w, nil
+}
+
+// sample reads the --pid processes once, CPU and RSS summed (nil without
+// any).
+func (env *Env) sample() (*ProcSample, error) {
+	if len(env.PIDs) == 0 {
+		return nil, nil
+	}
+	var sum ProcSample
+	for _, pid := range env.PIDs {
+		s, err := ReadProc(pid)
+		if err != nil {
+			return nil, fmt.Errorf("--pid: %w", err)
+		}
+		sum.CPU += s.CPU
+		sum.RSS += s.RSS
+	}
+	return &sum, nil
 }
 
 // name builds a user or group name unique to this run: prefix, scenario

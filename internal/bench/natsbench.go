@@ -46,7 +46,7 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 		// server, which is not involved): its CPU can only be had together
 		// with the clients', still an upper bound worth comparing.
 		self := *env
-		self.PID = os.Getpid()
+		self.PIDs = []int{os.Getpid()}
 		env = &self
 		res.serverWhat = "process (server+clients)"
 		res.Params["cpu_includes_clients"] = true
@@ -185,7 +185,7 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 		res.Rate = res.Count / w.elapsed.Seconds()
 	}
 	res.Extra = map[string]any{"url": url}
-	res.fill(m, w, h, env, fmtRate(res.Rate)+" msg/s")
+	res.fill(m, w, h, fmtRate(res.Rate)+" msg/s")
 	return res, nil
 }
 

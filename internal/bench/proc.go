@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,6 +19,34 @@ const clockTick = 10 * time.Millisecond
 type ProcSample struct {
 	CPU time.Duration // user + system time since the process started
 	RSS int64         // resident set size in bytes
+	// HWM is the highest RSS since the process started (VmHWM), 0 when
+	// the kernel does not say. When it rises between two samples, RSS
+	// reached it in between, however briefly.
+	HWM int64
+}
+
+// ParsePIDs reads a comma-separated list of process ids, as --pid takes
+// it: "1234" or "1234,1240,1251". The empty string is no processes. A pid
+// listed twice is an error: its CPU time would be counted twice.
+func ParsePIDs(s string) ([]int, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var pids []int
+	seen := map[int]bool{}
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid < 1 {
+			return nil, fmt.Errorf("%q is not a process id", f)
+		}
+		if seen[pid] {
+			return nil, fmt.Errorf("process %d listed twice", pid)
+		}
+		seen[pid] = true
+		pids = append(pids, pid)
+	}
+	return pids, nil
 }
 
 // ReadProc reads the CPU time and RSS of process pid from /proc.
@@ -35,11 +64,11 @@ func ReadProc(pid int) (ProcSample, error) {
 	if err != nil {
 		return ProcSample{}, fmt.Errorf("server process %d: %w", pid, err)
 	}
-	rss, err := parseStatusRSS(status)
+	rss, hwm, err := parseStatus(status)
 	if err != nil {
 		return ProcSample{}, fmt.Errorf("%sstatus: %w", dir, err)
 	}
-	return ProcSample{CPU: cpu, RSS: rss}, nil
+	return ProcSample{CPU: cpu, RSS: rss, HWM: hwm}, nil
 }
 
 // parseStat returns utime+stime from /proc/<pid>/stat. The command name in
@@ -63,22 +92,32 @@ func parseStat(b []byte) (time.Duration, error) {
 	return time.Duration(utime+stime) * clockTick, nil
 }
 
-// parseStatusRSS returns VmRSS from /proc/<pid>/status in bytes.
-func parseStatusRSS(b []byte) (int64, error) {
+// parseStatus returns VmRSS and VmHWM from /proc/<pid>/status in bytes.
+// VmRSS is required; VmHWM is 0 when missing.
+func parseStatus(b []byte) (rss, hwm int64, err error) {
+	rss, hwm = -1, 0
 	for line := range bytes.Lines(b) {
+		var dst *int64
 		rest, ok := bytes.CutPrefix(line, []byte("VmRSS:"))
-		if !ok {
+		if ok {
+			dst = &rss
+		} else if rest, ok = bytes.CutPrefix(line, []byte("VmHWM:")); ok {
+			dst = &hwm
+		} else {
 			continue
 		}
 		f := bytes.Fields(rest)
 		if len(f) != 2 || !bytes.EqualFold(f[1], []byte("kB")) {
-			return 0, fmt.Errorf("unexpected VmRSS line %q", bytes.TrimSpace(line))
+			return 0, 0, fmt.Errorf("unexpected line %q", bytes.TrimSpace(line))
 		}
 		kb, err := strconv.ParseInt(string(f[0]), 10, 64)
-		if err != nil || kb < 0 {
-			return 0, fmt.Errorf("unexpected VmRSS line %q", bytes.TrimSpace(line))
+		if err != nil || kb < 0 || kb > 1<<53 {
+			return 0, 0, fmt.Errorf("unexpected line %q", bytes.TrimSpace(line))
 		}
-		return kb << 10, nil
+		*dst = kb << 10
 	}
-	return 0, errors.New("no VmRSS (a kernel thread or a zombie?)")
+	if rss < 0 {
+		return 0, 0, errors.New("no VmRSS (a kernel thread or a zombie?)")
+	}
+	return rss, hwm, nil
 }

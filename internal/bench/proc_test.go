@@ -2,6 +2,8 @@ package bench
 
 import (
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -28,23 +30,65 @@ func TestParseStat(t *testing.T) {
 	}
 }
 
-func TestParseStatusRSS(t *testing.T) {
+func TestParseStatus(t *testing.T) {
 	tests := []struct {
-		name    string
-		in      string
-		want    int64
-		wantErr bool
+		name     string
+		in       string
+		rss, hwm int64
+		wantErr  bool
 	}{
-		{"normal", "Name:\tchatd\nVmPeak:\t 999 kB\nVmRSS:\t   46200 kB\nThreads:\t8\n", 46200 << 10, false},
-		{"last line without newline", "Name:\tx\nVmRSS:\t1 kB", 1 << 10, false},
-		{"kernel thread", "Name:\tkthreadd\nThreads:\t1\n", 0, true},
-		{"odd unit", "VmRSS:\t5 MB\n", 0, true},
-		{"garbage", "VmRSS:\tlots kB\n", 0, true},
+		{"normal", "Name:\tchatd\nVmPeak:\t 999 kB\nVmHWM:\t   50000 kB\nVmRSS:\t   46200 kB\nThreads:\t8\n", 46200 << 10, 50000 << 10, false},
+		{"no VmHWM", "Name:\tchatd\nVmRSS:\t   46200 kB\n", 46200 << 10, 0, false},
+		{"last line without newline", "Name:\tx\nVmRSS:\t1 kB", 1 << 10, 0, false},
+		{"zero", "VmHWM:\t0 kB\nVmRSS:\t0 kB\n", 0, 0, false},
+		{"kernel thread", "Name:\tkthreadd\nThreads:\t1\n", 0, 0, true},
+		{"only VmHWM", "VmHWM:\t5 kB\n", 0, 0, true},
+		{"odd unit", "VmRSS:\t5 MB\n", 0, 0, true},
+		{"odd VmHWM", "VmHWM:\t5\nVmRSS:\t5 kB\n", 0, 0, true},
+		{"garbage", "VmRSS:\tlots kB\n", 0, 0, true},
+		{"negative", "VmRSS:\t-5 kB\n", 0, 0, true},
+		{"overflowing", "VmRSS:\t99999999999999999999 kB\n", 0, 0, true},
 	}
 	for _, tt := range tests {
-		got, err := parseStatusRSS([]byte(tt.in))
-		if (err != nil) != tt.wantErr || got != tt.want {
-			t.Errorf("%s: parseStatusRSS = %d, %v; want %d, error %v", tt.name, got, err, tt.want, tt.wantErr)
+		rss, hwm, err := parseStatus([]byte(tt.in))
+		if (err != nil) != tt.wantErr || rss != tt.rss || hwm != tt.hwm {
+			t.Errorf("%s: parseStatus = %d, %d, %v; want %d, %d, error %v", tt.name, rss, hwm, err, tt.rss, tt.hwm, tt.wantErr)
+		}
+	}
+}
+
+func TestParsePIDs(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []int
+		wantErr string
+	}{
+		{"", nil, ""},
+		{"  ", nil, ""},
+		{"1234", []int{1234}, ""},
+		{"1234,1240,1251", []int{1234, 1240, 1251}, ""},
+		{" 1234 , 1240 ", []int{1234, 1240}, ""},
+		{"1240,1234", []int{1240, 1234}, ""}, // order kept: the report follows it
+		{"1234,1234", nil, "listed twice"},
+		{"1234,", nil, "not a process id"},
+		{",1234", nil, "not a process id"},
+		{"1234,,1240", nil, "not a process id"},
+		{"0", nil, "not a process id"},
+		{"-5", nil, "not a process id"},
+		{"12a", nil, "not a process id"},
+		{"1234 1240", nil, "not a process id"},
+		{"99999999999999999999", nil, "not a process id"},
+	}
+	for _, tt := range tests {
+		got, err := ParsePIDs(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParsePIDs(%q) = %v, %v; want an error with %q", tt.in, got, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("ParsePIDs(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
 		}
 	}
 }
@@ -57,7 +101,7 @@ func TestReadProcSelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.RSS <= 0 || s.CPU < 0 {
+	if s.RSS <= 0 || s.CPU < 0 || (s.HWM != 0 && s.HWM < s.RSS) {
 		t.Fatalf("implausible sample %+v", s)
 	}
 	if _, err := ReadProc(1 << 30); err == nil {

@@ -74,36 +74,87 @@ func latencyStats(h *Histogram) *LatencyStats {
 	return s
 }
 
-// ServerStats is what --pid observed of the server during the measured period.
+// ServerStats is what --pid observed of the server processes during the
+// measured period. With one process the totals are that process's.
 type ServerStats struct {
-	PID        int     `json:"pid"`
-	CPUSeconds float64 `json:"cpu_seconds"`
+	// PID is the process when there is only one (Procs lists them all).
+	PID        int     `json:"pid,omitempty"`
+	CPUSeconds float64 `json:"cpu_seconds"` // summed over the processes
 	// Cores is CPU seconds per wall second: 2 means two cores busy.
 	Cores float64 `json:"cores"`
 	// CPUPerUnitUs is server CPU microseconds per counted event.
-	CPUPerUnitUs  float64 `json:"cpu_per_unit_us,omitempty"`
+	CPUPerUnitUs float64 `json:"cpu_per_unit_us,omitempty"`
+	// RSSBefore and RSSAfter are summed over the processes (idle: before
+	// is from before the connections were opened).
 	RSSBefore     int64   `json:"rss_before_bytes"`
 	RSSAfter      int64   `json:"rss_after_bytes"`
 	RSSPerConnKiB float64 `json:"rss_per_conn_kib,omitempty"`
+	// RSSPeakGrowth is the largest RSSGrowth of a process, RSSPeakGrowthPID
+	// that process; RSSSamples is how many times each RSS was read.
+	RSSPeakGrowth    int64       `json:"rss_peak_growth_bytes"`
+	RSSPeakGrowthPID int         `json:"rss_peak_growth_pid"`
+	RSSSamples       int         `json:"rss_samples"`
+	Procs            []ProcStats `json:"procs"`
+}
+
+// serverStats sums what the processes did over a period of seconds.
+func serverStats(procs []ProcStats, samples int, seconds float64) *ServerStats {
+	if len(procs) == 0 {
+		return nil
+	}
+	s := &ServerStats{RSSSamples: samples, Procs: procs}
+	if len(procs) == 1 {
+		s.PID = procs[0].PID
+	}
+	for _, p := range procs {
+		s.CPUSeconds += p.CPUSeconds
+		s.RSSBefore += p.RSSStart
+		s.RSSAfter += p.RSSEnd
+	}
+	top, _ := largestGrowth(procs)
+	s.RSSPeakGrowth, s.RSSPeakGrowthPID = top.RSSGrowth, top.PID
+	if seconds > 0 {
+		s.Cores = s.CPUSeconds / seconds
+	}
+	return s
+}
+
+// text is the server part of a summary line, after what names it:
+// " cpu=…/msg (0.52 cores) rss=40.1MiB→41.0MiB rss peak growth=1.2MiB (pid 1234)".
+// With several processes RSS before→after is their sum.
+func (s *ServerStats) text(unit string) string {
+	var b strings.Builder
+	if s.CPUPerUnitUs > 0 {
+		fmt.Fprintf(&b, " cpu=%s/%s", fmtCPU(s.CPUPerUnitUs), unit)
+	}
+	fmt.Fprintf(&b, " (%.2f cores) rss=%s→%s", s.Cores, fmtMiB(s.RSSBefore), fmtMiB(s.RSSAfter))
+	if len(s.Procs) > 1 {
+		b.WriteString(" in all,")
+	}
+	fmt.Fprintf(&b, " rss peak growth=%s (pid %d)", fmtMiB(s.RSSPeakGrowth), s.RSSPeakGrowthPID)
+	return b.String()
+}
+
+// serverName names the watched processes in a summary line.
+func (r *Result) serverName() string {
+	name := cmp.Or(r.serverWhat, "server")
+	if s := r.Server; s != nil && len(s.Procs) > 1 {
+		name = fmt.Sprintf("%d %s processes", len(s.Procs), name)
+	}
+	return name
 }
 
 // fill completes the common fields from a measured window and builds the
 // summary line: head, rate, latency, errors, server.
-func (r *Result) fill(m *Meter, w window, h *Histogram, env *Env, rateText string) {
+func (r *Result) fill(m *Meter, w window, h *Histogram, rateText string) {
 	r.Seconds = w.elapsed.Seconds()
 	r.Interrupted = w.interrupted
 	r.hist = h
 	r.Latency = latencyStats(h)
 	r.Errors, r.ErrorKinds = m.Errors()
-	if w.before != nil && w.after != nil {
-		cpu := (w.after.CPU - w.before.CPU).Seconds()
-		r.Server = &ServerStats{PID: env.PID, CPUSeconds: cpu, RSSBefore: w.before.RSS, RSSAfter: w.after.RSS}
-		if r.Seconds > 0 {
-			r.Server.Cores = cpu / r.Seconds
-		}
-		if r.Count > 0 {
-			r.Server.CPUPerUnitUs = cpu * 1e6 / r.Count
-		}
+	r.Server = serverStats(w.procs, w.rssSamples, r.Seconds)
+	if r.Server != nil && r.Count > 0 {
+		r.Server.CPUPerUnitUs = r.Server.CPUSeconds * 1e6 / r.Count
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s: %s", r.Scenario, r.Label, rateText)
@@ -113,11 +164,7 @@ func (r *Result) fill(m *Meter, w window, h *Histogram, env *Env, rateText strin
 	}
 	fmt.Fprintf(&b, " errors=%d", r.Errors)
 	if s := r.Server; s != nil {
-		b.WriteString("  " + cmp.Or(r.serverWhat, "server"))
-		if s.CPUPerUnitUs > 0 {
-			fmt.Fprintf(&b, " cpu=%s/%s", fmtCPU(s.CPUPerUnitUs), r.Unit)
-		}
-		fmt.Fprintf(&b, " (%.2f cores) rss=%s→%s", s.Cores, fmtMiB(s.RSSBefore), fmtMiB(s.RSSAfter))
+		b.WriteString("  " + r.serverName() + s.text(r.Unit))
 	}
 	if r.Interrupted {
 		b.WriteString("  (interrupted)")
