@@ -30,7 +30,10 @@ type Conn struct {
 // Dial connects to addr. bufSize is the read buffer: small for the idle
 // scenario's thousands of connections, larger where throughput matters.
 func Dial(ctx context.Context, addr string, bufSize int) (*Conn, error) {
-	var d net.Dialer
+	// No TCP keepalive: thousands of idle connections opened together
+	// would probe together, and on loopback such bursts overflow the
+	// kernel's backlog; the server's own keepalive is what is measured.
+	d := net.Dialer{KeepAlive: -1}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)

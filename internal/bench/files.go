@@ -412,7 +412,10 @@ func (fr *filesRun) receive(ctx context.Context, addr string, size int64) ([]byt
 func (fr *filesRun) dialData(ctx context.Context, addr string) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, fr.env.Timeout)
 	defer cancel()
-	var d net.Dialer
+	// No TCP keepalive: thousands of idle connections opened together
+	// would probe together, and on loopback such bursts overflow the
+	// kernel's backlog; the server's own keepalive is what is measured.
+	d := net.Dialer{KeepAlive: -1}
 	c, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("connect to file port: %w", err)

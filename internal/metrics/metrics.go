@@ -103,13 +103,53 @@ func (k seriesKey) less(o seriesKey) bool {
 	return false
 }
 
+// family holds the series of one metric, told apart by label values, and
+// keeps them in label order for the exposition.
+type family[T any] struct {
+	mu     sync.RWMutex
+	series map[seriesKey]*T
+	order  []seriesKey
+}
+
+// get returns the series for values, making it with mk the first time.
+// Callers on hot paths keep the result.
+func (f *family[T]) get(values []string, mk func() *T) *T {
+	key := keyOf(values)
+	f.mu.RLock()
+	s, ok := f.series[key]
+	f.mu.RUnlock()
+	if ok {
+		return s
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s, ok := f.series[key]; ok {
+		return s
+	}
+	if f.series == nil {
+		f.series = map[seriesKey]*T{}
+	}
+	s = mk()
+	f.series[key] = s
+	f.order = append(f.order, key)
+	sort.Slice(f.order, func(i, j int) bool { return f.order[i].less(f.order[j]) })
+	return s
+}
+
+// each calls fn for every series, in label order.
+func (f *family[T]) each(fn func(*T)) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, k := range f.order {
+		fn(f.series[k])
+	}
+}
+
 // CounterVec is a family of counters told apart by label values.
 type CounterVec struct {
 	n, help string
 	labels  []string
-	mu      sync.RWMutex
-	series  map[seriesKey]*Counter
-	order   []seriesKey
+	family[Counter]
 }
 
 // Counter is one monotonically increasing series.
@@ -129,7 +169,7 @@ func (c *Counter) Value() uint64 { return c.v.Load() }
 
 // NewCounterVec registers a counter family.
 func (r *Registry) NewCounterVec(name, help string, labels ...string) *CounterVec {
-	v := &CounterVec{n: name, help: help, labels: labels, series: map[seriesKey]*Counter{}}
+	v := &CounterVec{n: name, help: help, labels: labels}
 	r.add(v)
 	return v
 }
@@ -142,35 +182,14 @@ func (r *Registry) NewCounter(name, help string) *Counter {
 // With returns the series for the given label values, creating it.
 // Callers on hot paths keep the returned counter.
 func (v *CounterVec) With(values ...string) *Counter {
-	key := keyOf(values)
-	v.mu.RLock()
-	c, ok := v.series[key]
-	v.mu.RUnlock()
-	if ok {
-		return c
-	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if c, ok := v.series[key]; ok {
-		return c
-	}
-	c = &Counter{labels: labelString(v.labels, values)}
-	v.series[key] = c
-	v.order = append(v.order, key)
-	sort.Slice(v.order, func(i, j int) bool { return v.order[i].less(v.order[j]) })
-	return c
+	return v.get(values, func() *Counter { return &Counter{labels: labelString(v.labels, values)} })
 }
 
 func (v *CounterVec) name() string { return v.n }
 
 func (v *CounterVec) write(w io.Writer) {
 	header(w, v.n, v.help, "counter")
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	for _, k := range v.order {
-		c := v.series[k]
-		fmt.Fprintf(w, "%s%s %d\n", v.n, c.labels, c.v.Load())
-	}
+	v.each(func(c *Counter) { fmt.Fprintf(w, "%s%s %d\n", v.n, c.labels, c.v.Load()) })
 }
 
 // gaugeFunc is a gauge, or a counter, read at scrape time.
@@ -207,9 +226,7 @@ type HistogramVec struct {
 	n, help string
 	labels  []string
 	buckets []float64
-	mu      sync.RWMutex
-	series  map[seriesKey]*Histogram
-	order   []seriesKey
+	family[Histogram]
 }
 
 // Histogram counts observations into fixed buckets.
@@ -223,31 +240,17 @@ type Histogram struct {
 
 // NewHistogramVec registers a latency histogram family (seconds).
 func (r *Registry) NewHistogramVec(name, help string, labels ...string) *HistogramVec {
-	v := &HistogramVec{n: name, help: help, labels: labels, buckets: latencyBuckets(), series: map[seriesKey]*Histogram{}}
+	v := &HistogramVec{n: name, help: help, labels: labels, buckets: latencyBuckets()}
 	r.add(v)
 	return v
 }
 
 // With returns the series for the given label values, creating it.
 func (v *HistogramVec) With(values ...string) *Histogram {
-	key := keyOf(values)
-	v.mu.RLock()
-	h, ok := v.series[key]
-	v.mu.RUnlock()
-	if ok {
-		return h
-	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if h, ok := v.series[key]; ok {
-		return h
-	}
-	h = &Histogram{buckets: v.buckets, labels: append([]string(nil), values...), keys: v.labels,
-		counts: make([]atomic.Uint64, len(v.buckets)+1)}
-	v.series[key] = h
-	v.order = append(v.order, key)
-	sort.Slice(v.order, func(i, j int) bool { return v.order[i].less(v.order[j]) })
-	return h
+	return v.get(values, func() *Histogram {
+		return &Histogram{buckets: v.buckets, labels: append([]string(nil), values...), keys: v.labels,
+			counts: make([]atomic.Uint64, len(v.buckets)+1)}
+	})
 }
 
 // Observe records one duration.
@@ -280,10 +283,7 @@ func (v *HistogramVec) name() string { return v.n }
 
 func (v *HistogramVec) write(w io.Writer) {
 	header(w, v.n, v.help, "histogram")
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	for _, k := range v.order {
-		h := v.series[k]
+	v.each(func(h *Histogram) {
 		var cum uint64
 		keys := append(append([]string(nil), h.keys...), "le")
 		for i, b := range v.buckets {
@@ -295,7 +295,7 @@ func (v *HistogramVec) write(w io.Writer) {
 		ls := labelString(h.keys, h.labels)
 		fmt.Fprintf(w, "%s_sum%s %s\n", v.n, ls, formatFloat(float64(h.sumNano.Load())/1e9))
 		fmt.Fprintf(w, "%s_count%s %d\n", v.n, ls, cum)
-	}
+	})
 }
 
 func formatFloat(f float64) string {
