@@ -418,8 +418,9 @@ func (c *conn) ask(ctx context.Context, cmd string, frame []byte, hdr nats.Heade
 }
 
 // login binds the session after the worker accepted the password. Order
-// matters: subscribe first, then reply, then tell friends, then hand out
-// stored messages, so nothing sent from here on can be missed.
+// matters: subscribe first, then reply, then tell friends and hand out
+// stored messages (one request to a worker does both), so nothing sent
+// from here on can be missed.
 func (c *conn) login(ctx context.Context, id json.RawMessage, user string, replyData []byte) {
 	if c.user == user {
 		c.reply(id, replyData)
@@ -434,10 +435,7 @@ func (c *conn) login(ctx context.Context, id json.RawMessage, user string, reply
 	}
 	c.user = user
 	c.reply(id, replyData)
-	if first {
-		c.e.presence(ctx, user, true)
-	}
-	c.e.fetchInbox(ctx, user, []*conn{c})
+	c.e.fetchInbox(ctx, user, []*conn{c}, first)
 }
 
 // offline ends the session but keeps the connection, as the seed client expects.

@@ -648,7 +648,7 @@ func (e *Edge) deliver(m *nats.Msg) {
 			defer e.wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
 			defer cancel()
-			e.fetchInbox(ctx, u.name, sessions)
+			e.fetchInbox(ctx, u.name, sessions, false)
 		}()
 	}
 }
@@ -683,12 +683,17 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 	}
 }
 
-// fetchInbox claims the user's stored messages and writes them to sessions.
-func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn) {
+// fetchInbox claims the user's stored messages and writes them to
+// sessions. With announce, the same request first tells the user's
+// friends the user came online.
+func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, announce bool) {
 	for {
 		m := nats.NewMsg(proto.InternalPrefix + proto.IntInbox)
 		m.Header.Set(proto.HdrUser, user)
 		m.Data = []byte("{}")
+		if announce {
+			m.Data, announce = []byte(`{"announce":true}`), false
+		}
 		reply, err := e.request(ctx, m)
 		if err != nil {
 			e.log.Warn("fetching offline messages failed", "user", user, "err", err)

@@ -44,7 +44,16 @@ type LevelDB struct {
 	db      *leveldb.DB
 	mu      sync.Mutex // serialises Apply so the sequence check and write agree
 	lastSeq atomic.Uint64
+
+	// Friend lists are read at every login and logout (to tell friends),
+	// and a LevelDB iterator costs far more than a map lookup. Entries are
+	// dropped when a friendship of theirs is applied; the whole cache is
+	// dropped when it reaches maxCachedLists, which bounds its memory.
+	cacheMu sync.RWMutex
+	friends map[string][]string
 }
+
+const maxCachedLists = 100_000
 
 var _ Store = (*LevelDB)(nil)
 
@@ -69,7 +78,7 @@ func OpenMem() (*LevelDB, error) {
 }
 
 func newLevelDB(db *leveldb.DB) (*LevelDB, error) {
-	s := &LevelDB{db: db}
+	s := &LevelDB{db: db, friends: map[string][]string{}}
 	v, err := db.Get(keySeq, nil)
 	switch {
 	case errors.Is(err, leveldb.ErrNotFound):
@@ -100,6 +109,9 @@ func (s *LevelDB) Skip(seq uint64) error {
 func (s *LevelDB) Apply(seq uint64, ev Event) error {
 	if err := ev.Validate(); err != nil {
 		return err
+	}
+	if ev.Type == EvFriendAdded {
+		defer s.forgetFriends(ev.User, ev.Friend)
 	}
 	return s.write(seq, func(b *leveldb.Batch) error {
 		switch ev.Type {
@@ -156,6 +168,16 @@ func (s *LevelDB) applyFriend(b *leveldb.Batch, seq uint64, ev Event) error {
 	b.Put(keySeqd("F:", ev.User, seq), []byte(ev.Friend))
 	b.Put(keySeqd("F:", ev.Friend, seq), []byte(ev.User))
 	return nil
+}
+
+// forgetFriends drops cached lists once a friendship is written and its
+// sequence recorded: see Friends for why the order matters.
+func (s *LevelDB) forgetFriends(users ...string) {
+	s.cacheMu.Lock()
+	for _, u := range users {
+		delete(s.friends, u)
+	}
+	s.cacheMu.Unlock()
 }
 
 func (s *LevelDB) applyGroup(b *leveldb.Batch, seq uint64, ev Event) error {
@@ -236,8 +258,33 @@ func (s *LevelDB) IsMember(group, user string) (bool, error) {
 	return s.has(key2("m:", group, user))
 }
 
-// Friends implements Store.
-func (s *LevelDB) Friends(user string) ([]string, error) { return s.list("F:", user) }
+// Friends implements Store. The list returned is shared: callers must not
+// modify it.
+func (s *LevelDB) Friends(user string) ([]string, error) {
+	s.cacheMu.RLock()
+	list, ok := s.friends[user]
+	s.cacheMu.RUnlock()
+	if ok {
+		return list, nil
+	}
+	// A friendship applied while the list is read drops the entry only
+	// after its sequence is recorded; the list is cached only if no event
+	// was applied meanwhile, so a stale list never outlives the drop.
+	seq := s.lastSeq.Load()
+	list, err := s.list("F:", user)
+	if err != nil {
+		return nil, err
+	}
+	s.cacheMu.Lock()
+	if s.lastSeq.Load() == seq {
+		if len(s.friends) >= maxCachedLists {
+			clear(s.friends)
+		}
+		s.friends[user] = list
+	}
+	s.cacheMu.Unlock()
+	return list, nil
+}
 
 // Members implements Store.
 func (s *LevelDB) Members(group string) ([]string, error) { return s.list("M:", group) }

@@ -176,3 +176,30 @@ func BenchmarkReads(b *testing.B) {
 		}
 	})
 }
+
+// Friend lists come from a cache: a friendship applied later shows.
+func TestFriendsCacheFollowsApplies(t *testing.T) {
+	s, err := OpenMem()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	apply(t, s, Event{Type: EvUserRegistered, User: "a", Hash: "h"}, Event{Type: EvUserRegistered, User: "b", Hash: "h"},
+		Event{Type: EvUserRegistered, User: "c", Hash: "h"})
+	for range 2 { // the second read is the cached one
+		if fr, _ := s.Friends("a"); len(fr) != 0 {
+			t.Fatalf("friends of a = %q", fr)
+		}
+	}
+	apply(t, s, Event{Type: EvFriendAdded, User: "b", Friend: "a"})
+	if fr, _ := s.Friends("a"); !slices.Equal(fr, []string{"b"}) {
+		t.Fatalf("after b befriended a: %q", fr)
+	}
+	apply(t, s, Event{Type: EvFriendAdded, User: "a", Friend: "c"})
+	if fr, _ := s.Friends("a"); !slices.Equal(fr, []string{"b", "c"}) {
+		t.Fatalf("after a befriended c: %q", fr)
+	}
+	if fr, _ := s.Friends("c"); !slices.Equal(fr, []string{"a"}) {
+		t.Fatalf("friends of c: %q", fr)
+	}
+}

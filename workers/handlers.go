@@ -368,7 +368,20 @@ func (w *Worker) announce(ctx context.Context, user string, online bool) error {
 
 // claimInbox hands the user's stored messages to the asking edge, one
 // JSON object per line.
+//
+// With "announce": true it first tells the user's friends the user came
+// online: a session's first session anywhere needs both, and one request
+// does for two.
 func (w *Worker) claimInbox(ctx context.Context, c *call) ([]byte, error) {
+	var announce bool
+	if raw := c.f.raw("announce"); raw != nil && json.Unmarshal(raw, &announce) != nil {
+		return result(c.cmd, "invalid"), nil
+	}
+	if announce {
+		if err := w.announce(ctx, c.user, true); err != nil {
+			return nil, err
+		}
+	}
 	msgs, more, err := w.inbox.claim(ctx, c.user, inboxBatch)
 	if err != nil && len(msgs) == 0 {
 		return nil, err

@@ -15,7 +15,7 @@ func result(cmd, r string, extra ...any) []byte { return proto.Result(cmd, r, ex
 // being invalid rather than the whole request failing to decode.
 type fields struct {
 	user, password, friend, group, userTo, userFrom, text json.RawMessage
-	fromUser, toUser, filename, length, online            json.RawMessage
+	fromUser, toUser, filename, length, online, announce  json.RawMessage
 }
 
 // decode fills f from a request body, which must be a JSON object.
@@ -53,6 +53,8 @@ func (f *fields) field(name string) *json.RawMessage {
 		return &f.length
 	case "online":
 		return &f.online
+	case "announce":
+		return &f.announce
 	}
 	return nil
 }
