@@ -111,7 +111,9 @@ func (c *conn) send(line []byte) {
 	c.writing = true
 	c.mu.Unlock()
 	if start {
-		c.e.wg.Add(1)
+		// Not counted in the edge's wait group: a writer ends by itself
+		// when its connection closes, and lines may be sent (a transfer
+		// ending, from a NATS callback) while a shutdown is already waiting.
 		go c.writeLoop()
 		return
 	}
@@ -134,7 +136,6 @@ func (c *conn) observe(seq uint64) {
 // writeLoop writes what is queued, in batches, and ends after writerIdle
 // with nothing to write.
 func (c *conn) writeLoop() {
-	defer c.e.wg.Done()
 	idle := time.NewTimer(writerIdle)
 	defer idle.Stop()
 	for {
