@@ -131,8 +131,13 @@ func (o Options) Validate() error {
 			return fmt.Errorf("edge: file port range %d-%d is not within 1-65535, low to high", o.FilePortLo, o.FilePortHi)
 		}
 	}
-	if o.FileMaxSize < 0 || o.FileTimeout < 0 || o.RequestTimeout < 0 || o.MaxFrame < 0 || o.OutQueue < 0 {
-		return errors.New("edge: negative limit")
+	for name, v := range map[string]int64{"file max size": o.FileMaxSize, "file timeout": int64(o.FileTimeout),
+		"request timeout": int64(o.RequestTimeout), "max frame": int64(o.MaxFrame), "out queue": int64(o.OutQueue),
+		"write timeout": int64(o.WriteTimeout), "keepalive": int64(o.KeepAlive), "heartbeat": int64(o.Heartbeat),
+		"idle after": int64(o.IdleAfter), "drain grace": int64(o.DrainGrace), "probe timeout": int64(o.ProbeTimeout)} {
+		if v < 0 {
+			return fmt.Errorf("edge: %s is negative", name)
+		}
 	}
 	return nil
 }

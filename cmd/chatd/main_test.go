@@ -156,6 +156,7 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		{[]string{"worker", "--hash-cost", "99", "--nats", "nats://127.0.0.1:1"}, nil, "hash cost"},
 		{[]string{"worker", "--password-hash", "md5", "--nats", "nats://127.0.0.1:1"}, nil, `password hash "md5"`},
 		{[]string{"all", "--argon2-memory", "4KiB"}, nil, "argon2 memory"},
+		{[]string{"edge", "--idle-after", "-1s"}, nil, "idle after is negative"},
 		{[]string{"all"}, []string{"CHATD_REQUEST_TIMEOUT=soon"}, "CHATD_REQUEST_TIMEOUT"},
 		{[]string{"all", "--log-level", "loud"}, nil, "--log-level"},
 	}
