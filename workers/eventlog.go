@@ -158,7 +158,7 @@ func (a *applier) handle(msg jetstream.Msg) {
 		time.Sleep(a.delay)
 	}
 	var ev storage.Event
-	if err := json.Unmarshal(msg.Data(), &ev); err != nil || ev.Validate() != nil {
+	if json.Unmarshal(msg.Data(), &ev) != nil || ev.Validate() != nil {
 		// Written by a newer or broken producer: record it as seen so that
 		// one bad event cannot stop every worker forever.
 		a.log.Warn("skipping unreadable event", "seq", seq, "subject", msg.Subject())

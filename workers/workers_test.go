@@ -193,3 +193,31 @@ func TestRestartResumesFromStoredSequence(t *testing.T) {
 	m := login(t, addr, "alice")
 	m.Expect(M{"cmd": "add", "friend": "bob"}, "already_friend")
 }
+
+// A store that fails stops the worker following the log, and says so:
+// its health check fails, so an orchestrator restarts it.
+func TestStoreFailureIsReported(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	w := c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	reg := chattest.Dial(t, addr)
+	reg.Register("alice", "pw")
+	if err := w.Health(); err != nil {
+		t.Fatalf("healthy worker: %v", err)
+	}
+	if err := w.Store().Close(); err != nil { // the disk goes away
+		t.Fatal(err)
+	}
+	reg.Send(M{"cmd": "register", "user": "bob", "password": "pw"})
+	reg.Want("register_reply")
+	deadline := time.Now().Add(chattest.Timeout)
+	for w.Health() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("a store that cannot write is reported healthy")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := w.Readiness(); err == nil {
+		t.Fatal("a worker whose store failed is reported ready")
+	}
+}
