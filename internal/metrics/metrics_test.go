@@ -44,7 +44,7 @@ func TestExposition(t *testing.T) {
 }
 
 func TestProbes(t *testing.T) {
-	var notReady error = errors.New("catching up with the log")
+	notReady := errors.New("catching up with the log")
 	h := Handler(New(), func() error { return nil }, func() error { return notReady })
 	tests := []struct {
 		path string
