@@ -15,6 +15,7 @@ import (
 
 	"github.com/chatd-io/chatd/edge"
 	"github.com/chatd-io/chatd/internal/chattest"
+	"github.com/chatd-io/chatd/workers"
 )
 
 // fileSetup runs a broker, a worker and two edges with file transfer on,
@@ -346,5 +347,32 @@ func TestOfflineFileMissedDownloadIsOfferedAgain(t *testing.T) {
 	recv := f.bob.Want("recv_file_port_reply")
 	if got := chattest.ReadAll(t, f.bob.FilePort(recv.Port())); string(got) != "data" {
 		t.Fatalf("second offer delivered %q", got)
+	}
+}
+
+func TestOfflineFileExpires(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("", func(o *workers.Options) { o.FileMaxAge = time.Second })
+	addr := c.StartEdge(func(o *edge.Options) {
+		o.FilePortLo = 20000 + mrand.IntN(20000)
+		o.FilePortHi = o.FilePortLo + 40
+	}).Addr().String()
+	cls := users(t, addr, "alice", "bob")
+	alice, bob := cls[0], cls[1]
+	befriend(t, alice, bob, "bob")
+	bob.Send(M{"cmd": "offline"})
+	bob.Want("offline_reply")
+	alice.Send(M{"cmd": "send_file", "to_user": "bob", "length": 4, "filename": "x", "offline": true})
+	out := alice.FilePort(alice.Want("send_file_port_reply").Port())
+	_, _ = out.Write([]byte("data"))
+	alice.Want("send_file_reply")
+	// Expiry is the passing of time: there is nothing to wait on but it.
+	time.Sleep(2500 * time.Millisecond)
+	bob.Login("bob", "pw-bob")
+	bob.Sync()
+	for _, m := range bob.Pending() {
+		if m.Str("cmd") == "recv_file_port_reply" {
+			t.Fatalf("an expired file was offered: %s", m.Raw)
+		}
 	}
 }

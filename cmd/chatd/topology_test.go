@@ -428,3 +428,49 @@ func TestTopologyTwoRegions(t *testing.T) {
 	}
 	alice.Want("private_chat")
 }
+
+// kill -9 of the recipient's edge in the middle of a file transfer: the
+// sender's edge notices the relay stalled, closes the sender's data
+// connection and says the transfer was aborted.
+func TestTopologyEdgeKilledMidTransfer(t *testing.T) {
+	br := startBroker(t)
+	url := br.ready["nats"]
+	startWorker(t, url, "w")
+	lo := 20000 + time.Now().Nanosecond()%20000
+	e1 := startEdge(t, url, "e1", "--file-ports", fmt.Sprintf("%d-%d", lo, lo+20), "--file-timeout", "2s")
+	e2 := startEdge(t, url, "e2", "--file-ports", fmt.Sprintf("%d-%d", lo+21, lo+40), "--file-timeout", "2s")
+	alice := client(t, e1, "alice", true)
+	bob := client(t, e2, "bob", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	alice.Send(M{"cmd": "send_file", "to_user": "bob", "length": 256 << 20, "filename": "big"})
+	send := alice.Want("send_file_port_reply")
+	recv := bob.Want("recv_file_port_reply")
+	in := bob.FilePort(recv.Port())
+	out := alice.FilePort(send.Port())
+	wrote := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 1<<20)
+		var err error
+		for i := 0; i < 256 && err == nil; i++ {
+			_, err = out.Write(buf)
+		}
+		wrote <- err
+	}()
+	if _, err := io.ReadFull(in, make([]byte, 4<<20)); err != nil { // the relay is running
+		t.Fatal(err)
+	}
+	if err := e2.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-wrote:
+		if err == nil {
+			t.Fatal("the sender wrote all 256 MiB through a dead edge")
+		}
+	case <-time.After(chattest.Timeout):
+		t.Fatal("the sender's data connection was left hanging")
+	}
+	if m := alice.Want("send_file_reply"); m.Str("result") != "aborted" {
+		t.Fatalf("sender got %s", m.Raw)
+	}
+}
