@@ -367,7 +367,7 @@ func (c *conn) handle(frame []byte) {
 	case !workerCommand(cmd) && cmd != "offline" && cmd != "send_file":
 		c.reply(id, errorLine("unknown_cmd", cmd))
 	case c.user == "" && !allowedBeforeLogin(cmd):
-		c.reply(id, resultLine(cmd, "not_logged_in"))
+		c.reply(id, proto.Result(cmd, "not_logged_in"))
 	case cmd == "offline":
 		c.offline(id, frame)
 	case cmd == "send_file":
@@ -431,7 +431,7 @@ func (c *conn) login(ctx context.Context, id json.RawMessage, user string, reply
 	first, err := c.e.bind(ctx, c, user)
 	if err != nil {
 		c.e.log.Warn("login failed", "user", user, "err", err)
-		c.reply(id, resultLine("login", "unavailable"))
+		c.reply(id, proto.Result("login", "unavailable"))
 		return
 	}
 	c.user = user
@@ -445,17 +445,17 @@ func (c *conn) offline(id json.RawMessage, frame []byte) {
 		User *string `json:"user"`
 	}
 	if err := json.Unmarshal(frame, &f); err != nil {
-		c.reply(id, resultLine("offline", "invalid"))
+		c.reply(id, proto.Result("offline", "invalid"))
 		return
 	}
 	if f.User != nil && *f.User != c.user {
-		c.reply(id, resultLine("offline", "forbidden"))
+		c.reply(id, proto.Result("offline", "forbidden"))
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.e.opts.RequestTimeout)
 	defer cancel()
 	c.logout(ctx)
-	c.reply(id, resultLine("offline", "success"))
+	c.reply(id, proto.Result("offline", "success"))
 }
 
 // logout unbinds the session; on the user's last session anywhere, the
@@ -495,21 +495,13 @@ func withID(body []byte, id json.RawMessage) []byte {
 	return append(out, '\n')
 }
 
-func resultLine(cmd, result string) []byte {
-	b, _ := json.Marshal(struct {
-		Cmd    string `json:"cmd"`
-		Result string `json:"result"`
-	}{cmd + "_reply", result})
-	return b
-}
-
+// errorLine is the reply to a request that is not a command at all.
 func errorLine(result, detail string) []byte {
-	b, _ := json.Marshal(struct {
-		Cmd    string `json:"cmd"`
-		Result string `json:"result"`
-		Detail string `json:"detail,omitempty"`
-	}{"error", result, detail})
-	return append(b, '\n')
+	kv := []any{"cmd", "error", "result", result}
+	if detail != "" {
+		kv = append(kv, "detail", detail)
+	}
+	return append(proto.Object(kv...), '\n')
 }
 
 // unavailable is the reply when no worker answered; private_chat keeps its
@@ -520,13 +512,8 @@ func unavailable(cmd string, frame []byte) []byte {
 			To string `json:"user_to"`
 		}
 		if json.Unmarshal(frame, &f) == nil {
-			b, _ := json.Marshal(struct {
-				Cmd    string `json:"cmd"`
-				Result string `json:"result"`
-				UserTo string `json:"user_to"`
-			}{cmd + "_reply", "unavailable", f.To})
-			return b
+			return proto.Result(cmd, "unavailable", "user_to", f.To)
 		}
 	}
-	return resultLine(cmd, "unavailable")
+	return proto.Result(cmd, "unavailable")
 }
