@@ -155,6 +155,9 @@ type Edge struct {
 	files *portRange    // nil when file transfer is off
 	svc   micro.Service // chat-edge: status and file offers
 
+	objMu   sync.Mutex
+	objects jetstream.ObjectStore // the stored-files bucket, once looked up
+
 	// deliveries is shared by every per-user subscription: one dispatcher
 	// goroutine serves them all instead of one goroutine per user.
 	deliveries chan *nats.Msg

@@ -27,6 +27,22 @@ import (
 // writes cmd first, and the edge turns the line into a port for the client.
 const storedOfferPrefix = `{"cmd":"recv_file_port_reply"`
 
+// fileStore returns the bucket of stored files. Looking it up is a
+// JetStream request, so the handle is kept once found; the workers create
+// the bucket, so it may not exist yet.
+func (e *Edge) fileStore(ctx context.Context) (jetstream.ObjectStore, error) {
+	e.objMu.Lock()
+	defer e.objMu.Unlock()
+	if e.objects == nil {
+		obs, err := e.js.ObjectStore(ctx, proto.FileBucket)
+		if err != nil {
+			return nil, err
+		}
+		e.objects = obs
+	}
+	return e.objects, nil
+}
+
 // context returns a context that ends with the transfer.
 func (t *transfer) context() (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -71,7 +87,7 @@ func (t *transfer) download(data net.Conn) {
 	ctx, cancel := t.context()
 	defer cancel()
 	err := func() error {
-		obs, err := t.e.js.ObjectStore(ctx, proto.FileBucket)
+		obs, err := t.e.fileStore(ctx)
 		if err != nil {
 			return err
 		}
@@ -132,7 +148,7 @@ func (e *Edge) queueStored(ctx context.Context, offer proto.FileOffer, nudge boo
 func (e *Edge) deleteObject(name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
 	defer cancel()
-	obs, err := e.js.ObjectStore(ctx, proto.FileBucket)
+	obs, err := e.fileStore(ctx)
 	if err == nil {
 		err = obs.Delete(ctx, name)
 	}
@@ -158,7 +174,7 @@ func (e *Edge) offerStored(owner *conn, user string, line []byte) {
 		Filename: f.Filename, Object: f.Object}
 	ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
 	defer cancel()
-	if obs, err := e.js.ObjectStore(ctx, proto.FileBucket); err == nil {
+	if obs, err := e.fileStore(ctx); err == nil {
 		if _, err := obs.GetInfo(ctx, f.Object); errors.Is(err, jetstream.ErrObjectNotFound) {
 			e.log.Info("stored file expired before delivery", "id", f.Object, "from", f.User, "to", user)
 			return
