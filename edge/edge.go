@@ -664,6 +664,9 @@ func (e *Edge) deliver(m *nats.Msg) {
 // deliverLine writes a message to every local session of its user and
 // confirms it when the sender waits. Not answering a user held nowhere
 // here lets the sender's wait fail, and the message is kept for later.
+// A private message handed off by a worker (proto.HandoffReply) is
+// confirmed to the sender's edge directly, or, not held here, returned
+// to the worker.
 func (e *Edge) deliverLine(m *nats.Msg) {
 	var seq uint64
 	if m.Header != nil {
@@ -673,20 +676,28 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 	line = append(append(line, m.Data...), '\n')
 	e.mu.Lock()
 	u := e.subjects[m.Subject]
-	n := 0
+	n, name := 0, ""
 	if u != nil {
 		for c := range u.sessions {
 			c.observe(seq)
 			c.send(line)
 		}
-		n = len(u.sessions)
+		n, name = len(u.sessions), u.name
 	}
 	e.mu.Unlock()
+	target, handedOff := proto.HandoffTarget(m.Reply)
 	if n == 0 {
+		if handedOff {
+			// Back to the worker, which stores it and answers the sender.
+			_ = e.nc.Publish(m.Reply, m.Data)
+		}
 		return
 	}
 	e.metrics.delivered(m.Data, n)
-	if m.Reply != "" {
+	switch {
+	case handedOff:
+		_ = e.nc.Publish(target, proto.Result("private_chat", "success", "user_to", name))
+	case m.Reply != "":
 		_ = m.Respond(nil)
 	}
 }

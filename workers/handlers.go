@@ -272,6 +272,11 @@ func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
 	}
 	msg := obj("cmd", "private_chat", "user_from", c.user, "user_to", to, "text", text,
 		"time", time.Now().UnixMilli(), "msg_id", nuid.Next())
+	if c.reply != "" && w.handoff.send(to, msg, c.reply) == nil {
+		w.metrics.private.With("handed_off").Inc()
+		c.answered = true
+		return nil, nil
+	}
 	delivered, err := w.deliver(ctx, to, msg)
 	if err != nil {
 		return nil, err

@@ -39,7 +39,8 @@ func newWorkerMetrics(reg *metrics.Registry, w *Worker) *workerMetrics {
 		latency: reg.NewHistogramVec("chatd_worker_request_seconds",
 			"Time to handle a request, by command.", "cmd"),
 		private: reg.NewCounterVec("chatd_worker_private_messages_total",
-			"Private messages, by outcome: delivered to a session, or stored for an offline user.", "outcome"),
+			"Private messages, by outcome: delivered (confirmed to this worker), handed_off (sent to the recipient's edges, "+
+				"which confirm to the sender's edge) or stored for an offline user.", "outcome"),
 		groupFanout: reg.NewCounter("chatd_worker_group_deliveries_total",
 			"Group messages published to members' subjects."),
 		reaped: reg.NewCounter("chatd_worker_edges_reaped_total",
@@ -49,5 +50,11 @@ func newWorkerMetrics(reg *metrics.Registry, w *Worker) *workerMetrics {
 
 func (m *workerMetrics) served(cmd string, body []byte, took time.Duration) {
 	m.requests.With(cmd, proto.StrField(body, "result")).Inc()
+	m.latency.With(cmd).Observe(took)
+}
+
+// handedOff counts a request whose answer comes from elsewhere.
+func (m *workerMetrics) handedOff(cmd string, took time.Duration) {
+	m.requests.With(cmd, "handed_off").Inc()
 	m.latency.With(cmd).Observe(took)
 }

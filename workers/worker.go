@@ -123,6 +123,7 @@ type Worker struct {
 	store   storage.Store
 	applier *applier
 	inbox   *inbox
+	handoff *handoffs
 	events  jetstream.ConsumeContext
 	svc     micro.Service
 	metrics *workerMetrics
@@ -223,7 +224,17 @@ func (w *Worker) start(ctx context.Context) error {
 		return fmt.Errorf("workers: catching up with the log: %w", err)
 	}
 	w.log.Info("worker caught up with the log", "events", info.State.LastSeq, "took", time.Since(started).Round(time.Millisecond))
+	bg, stop := context.WithCancel(context.Background())
+	w.stop = stop
+	w.handoff = newHandoffs(w)
+	if err := w.handoff.start(bg); err != nil {
+		stop()
+		w.events.Stop()
+		return fmt.Errorf("workers: handoff subscription: %w", err)
+	}
 	if err := w.addService(); err != nil {
+		w.handoff.stop()
+		stop()
 		w.events.Stop()
 		return err
 	}
@@ -233,11 +244,11 @@ func (w *Worker) start(ctx context.Context) error {
 	defer cancel()
 	if err := w.nc.FlushWithContext(fctx); err != nil {
 		_ = w.svc.Stop()
+		w.handoff.stop()
+		stop()
 		w.events.Stop()
 		return fmt.Errorf("workers: flush: %w", err)
 	}
-	bg, stop := context.WithCancel(context.Background())
-	w.stop = stop
 	w.wg.Add(1)
 	go (&reaper{w: w, kv: sessions}).run(bg)
 	w.ready.Store(true)
@@ -340,6 +351,9 @@ func (w *Worker) Close(ctx context.Context) error {
 	if w.svc != nil {
 		errs = append(errs, w.svc.Stop())
 	}
+	if w.handoff != nil {
+		w.handoff.stop()
+	}
 	if w.stop != nil {
 		w.stop()
 	}
@@ -380,6 +394,8 @@ type call struct {
 	bind      string // on a successful login, the user the session becomes
 	more      bool   // on an inbox reply, more messages wait
 	isError   bool   // count as an error in service stats
+	reply     string // where the sender's edge waits for the answer
+	answered  bool   // someone else answers (a handed-off delivery)
 }
 
 type handler func(ctx context.Context, c *call) ([]byte, error)
@@ -403,7 +419,7 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 	ctx := deadline.New(context.Background(), start.Add(w.opts.ReadWait+w.opts.DeliverTimeout+time.Second))
 	defer ctx.Release()
 	hdr := req.Headers()
-	c := &call{cmd: cmd, user: hdr.Get(proto.HdrUser), body: req.Data(),
+	c := &call{cmd: cmd, user: hdr.Get(proto.HdrUser), body: req.Data(), reply: req.Reply(),
 		transfer: hdr.Get(proto.HdrTransfer), offlineOK: hdr.Get(proto.HdrOffline) != ""}
 	var body []byte
 	var err error
@@ -426,6 +442,10 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 	if err != nil {
 		w.log.Error("command failed", "cmd", cmd, "user", c.user, "err", err)
 		body, c.isError = result(cmd, "internal_error"), true
+	}
+	if c.answered && err == nil {
+		w.metrics.handedOff(cmd, time.Since(start))
+		return
 	}
 	out := micro.Headers{}
 	if c.seq > 0 {

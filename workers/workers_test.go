@@ -2,11 +2,15 @@ package workers_test
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/chatd-io/chatd/internal/chattest"
+	"github.com/chatd-io/chatd/internal/proto"
 	"github.com/chatd-io/chatd/workers"
 )
 
@@ -219,5 +223,51 @@ func TestStoreFailureIsReported(t *testing.T) {
 	}
 	if err := w.Readiness(); err == nil {
 		t.Fatal("a worker whose store failed is reported ready")
+	}
+}
+
+// A private message goes to the recipient's subject and the recipient's
+// edge confirms to the sender. Here something still subscribed to the
+// user's subject (an edge whose last session of the user just ended)
+// sends the message back: the worker keeps it for the user and the
+// sender hears "offline"; the user gets it, once, at the next login.
+func TestReturnedPrivateMessageIsStored(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	reg := chattest.Dial(t, addr)
+	reg.Register("alice", "pw")
+	reg.Register("bob", "pw")
+	alice := login(t, addr, "alice")
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+
+	stale := c.Conn("stale edge")
+	returned := make(chan string, 1)
+	sub, err := stale.Subscribe(proto.UserSubject("bob"), func(m *nats.Msg) {
+		returned <- m.Reply
+		_ = stale.Publish(m.Reply, m.Data)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stale.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	m := alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "are you there"}, "offline")
+	if m.Str("user_to") != "bob" {
+		t.Fatalf("reply: %s", m.Raw)
+	}
+	if reply := <-returned; !strings.HasPrefix(reply, proto.HandoffPrefix) {
+		t.Fatalf("delivery's reply subject %q is not a handoff", reply)
+	}
+	_ = sub.Unsubscribe()
+
+	bob := login(t, addr, "bob")
+	if got := bob.Want("private_chat"); got.Str("text") != "are you there" || got.Str("user_from") != "alice" {
+		t.Fatalf("stored message: %s", got.Raw)
+	}
+	bob.Sync()
+	if extra := bob.Pending(); len(extra) != 0 {
+		t.Fatalf("delivered more than once: %v", extra)
 	}
 }

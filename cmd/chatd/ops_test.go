@@ -64,7 +64,7 @@ func TestMonitoring(t *testing.T) {
 		"chatd_worker_ready 1\n",
 		"chatd_worker_log_lag 0\n",
 		`chatd_worker_requests_total{cmd="register",result="success"} 2`,
-		`chatd_worker_private_messages_total{outcome="delivered"} 1`,
+		`chatd_worker_private_messages_total{outcome="handed_off"} 1`,
 		`chatd_worker_request_seconds_bucket{cmd="login",le="+Inf"} 2`,
 	} {
 		if !strings.Contains(wm, want) {

@@ -2,6 +2,8 @@ package proto
 
 import (
 	"encoding/base64"
+	"strconv"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -53,6 +55,9 @@ const (
 	InternalPrefix = "chat.int."
 	// UserPrefix + Token(user) is a user's delivery subject.
 	UserPrefix = "chat.user."
+	// HandoffPrefix starts the reply subject of a delivery whose
+	// confirmation goes straight to the sender's edge (see HandoffReply).
+	HandoffPrefix = "chat.handoff."
 	// WorkerQueue is the queue group every worker instance joins.
 	WorkerQueue = "chat-workers"
 )
@@ -79,6 +84,43 @@ const (
 	// IntFileStored queues a stored file's offer for its recipient.
 	IntFileStored = "file_stored"
 )
+
+// HandoffReply is the reply subject of a delivery a worker hands off: the
+// recipient's edge confirms it by publishing to reply (the subject the
+// sender's edge waits on, see HandoffTarget), and the worker, subscribed
+// to HandoffPrefix+workerID+".>", receives what is not confirmed: the
+// server's "no responders" when nobody holds the user, or the message
+// itself sent back by an edge that no longer does.
+func HandoffReply(workerID string, token uint64, reply string) string {
+	return HandoffPrefix + workerID + "." + strconv.FormatUint(token, 10) + "." + reply
+}
+
+// HandoffTarget returns the subject a handed-off delivery is confirmed
+// to, and false when subject is not a HandoffReply.
+func HandoffTarget(subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, HandoffPrefix)
+	if !ok {
+		return "", false
+	}
+	_, rest, ok = strings.Cut(rest, ".") // worker
+	if !ok {
+		return "", false
+	}
+	_, rest, ok = strings.Cut(rest, ".") // token
+	return rest, ok && rest != ""
+}
+
+// HandoffToken returns the token of a HandoffReply under prefix
+// (HandoffPrefix+workerID+".").
+func HandoffToken(subject, prefix string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(subject, prefix)
+	if !ok {
+		return 0, false
+	}
+	tok, _, _ := strings.Cut(rest, ".")
+	n, err := strconv.ParseUint(tok, 10, 64)
+	return n, err == nil
+}
 
 // UserSubject returns the delivery subject for a user.
 func UserSubject(user string) string { return UserPrefix + Token(user) }

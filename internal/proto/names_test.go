@@ -67,3 +67,24 @@ func TestFileLength(t *testing.T) {
 		}
 	}
 }
+
+func TestHandoffReply(t *testing.T) {
+	const inbox = "_INBOX.abc.def"
+	subject := HandoffReply("W1", 42, inbox)
+	if target, ok := HandoffTarget(subject); !ok || target != inbox {
+		t.Fatalf("HandoffTarget(%q) = %q, %v", subject, target, ok)
+	}
+	if tok, ok := HandoffToken(subject, HandoffPrefix+"W1."); !ok || tok != 42 {
+		t.Fatalf("HandoffToken(%q) = %d, %v", subject, tok, ok)
+	}
+	for _, s := range []string{"", "_INBOX.abc.def", HandoffPrefix, HandoffPrefix + "W1", HandoffPrefix + "W1.7", HandoffPrefix + "W1.7."} {
+		if target, ok := HandoffTarget(s); ok {
+			t.Errorf("HandoffTarget(%q) = %q, want none", s, target)
+		}
+	}
+	for _, s := range []string{HandoffPrefix + "W2.7.x", HandoffPrefix + "W1.x.y", HandoffPrefix + "W1."} {
+		if tok, ok := HandoffToken(s, HandoffPrefix+"W1."); ok {
+			t.Errorf("HandoffToken(%q) = %d, want none", s, tok)
+		}
+	}
+}
