@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -139,6 +140,10 @@ func (c *conn) writeLoop() {
 	idle := time.NewTimer(writerIdle)
 	defer idle.Stop()
 	for {
+		// Let whatever else is runnable go first: under load it is other
+		// deliveries, often to this same client, and one system call then
+		// writes them all. With nothing else to run this returns at once.
+		runtime.Gosched()
 		c.mu.Lock()
 		batch := c.queue
 		if len(batch) == 0 || c.closed {
