@@ -454,7 +454,7 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 	firstAnywhere = !e.held(ctx, user)
 	sub, err := e.nc.ChanSubscribe(proto.UserSubject(user), e.deliveries)
 	if err == nil {
-		err = e.nc.FlushWithContext(ctx)
+		err = e.nc.FlushTimeout(max(deadline.Remaining(ctx, e.opts.RequestTimeout), time.Millisecond))
 	}
 	e.mu.Lock()
 	if err != nil {
@@ -543,9 +543,9 @@ func (e *Edge) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
 func (e *Edge) held(ctx context.Context, user string) bool {
 	m := nats.NewMsg(proto.UserSubject(user))
 	m.Header.Set(proto.HdrKind, proto.KindProbe)
-	ctx, cancel := context.WithTimeout(ctx, e.opts.ProbeTimeout)
-	defer cancel()
-	_, err := e.nc.RequestMsgWithContext(ctx, m)
+	// A timeout rather than a context: the client pools its timers.
+	wait := min(e.opts.ProbeTimeout, deadline.Remaining(ctx, e.opts.ProbeTimeout))
+	_, err := e.nc.RequestMsg(m, max(wait, time.Millisecond))
 	return !errors.Is(err, nats.ErrNoResponders)
 }
 

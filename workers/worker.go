@@ -479,9 +479,13 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 // them at once than there are cores only makes every one of them slower.
 func (w *Worker) hash(ctx context.Context, fn func()) error {
 	select {
-	case w.hashing <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
+	case w.hashing <- struct{}{}: // a free slot: no need to watch ctx (and make its timer)
+	default:
+		select {
+		case w.hashing <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	defer func() { <-w.hashing }()
 	fn()
