@@ -36,6 +36,12 @@ func (w *Worker) commands() map[string]handler {
 	}
 }
 
+// quickCommands are the commands tried first without waiting on anything
+// (see endpoint).
+func (w *Worker) quickCommands() map[string]quickHandler {
+	return map[string]quickHandler{"private_chat": w.quickPrivateChat}
+}
+
 func (w *Worker) internal() map[string]handler {
 	return map[string]handler{
 		proto.IntPresence:   w.loggedIn(w.presence),
@@ -270,11 +276,8 @@ func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
 	if refusal, err := w.needFriend(ctx, c.user, to); refusal != "" || err != nil {
 		return result(c.cmd, refusal, "user_to", to), err
 	}
-	msg := obj("cmd", "private_chat", "user_from", c.user, "user_to", to, "text", text,
-		"time", time.Now().UnixMilli(), "msg_id", nuid.Next())
-	if c.reply != "" && w.handoff.send(to, msg, c.reply) == nil {
-		w.metrics.private.With("handed_off").Inc()
-		c.answered = true
+	msg := privateMessage(c.user, to, text)
+	if w.handOff(c, to, msg) {
 		return nil, nil
 	}
 	delivered, err := w.deliver(ctx, to, msg)
@@ -287,6 +290,37 @@ func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
 	}
 	w.metrics.private.With("delivered").Inc()
 	return result(c.cmd, "success", "user_to", to), nil
+}
+
+// quickPrivateChat hands off a message between friends; anything else
+// (a refusal to explain, a store to double-check against the log) is left
+// to privateChat.
+func (w *Worker) quickPrivateChat(c *call) bool {
+	to, ok := c.name("user_to")
+	text, _, okText := c.f.str("text")
+	if !ok || !okText || c.reply == "" || !actingUserOK(c, "user_from") {
+		return false
+	}
+	if friends, err := w.store.AreFriends(c.user, to); err != nil || !friends {
+		return false
+	}
+	return w.handOff(c, to, privateMessage(c.user, to, text))
+}
+
+func privateMessage(from, to, text string) []byte {
+	return obj("cmd", "private_chat", "user_from", from, "user_to", to, "text", text,
+		"time", time.Now().UnixMilli(), "msg_id", nuid.Next())
+}
+
+// handOff sends msg to the recipient's edges, which answer the sender's
+// edge (see handoffs); false when the request cannot be answered that way.
+func (w *Worker) handOff(c *call, to string, msg []byte) bool {
+	if c.reply == "" || w.handoff.send(to, msg, c.reply) != nil {
+		return false
+	}
+	w.metrics.private.With("handed_off").Inc()
+	c.answered = true
+	return true
 }
 
 func (w *Worker) groupChat(ctx context.Context, c *call) ([]byte, error) {

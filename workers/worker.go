@@ -274,15 +274,16 @@ func (w *Worker) addService() error {
 		return fmt.Errorf("workers: add service: %w", err)
 	}
 	cmds := svc.AddGroup(proto.CmdPrefix[:len(proto.CmdPrefix)-1])
+	quick := w.quickCommands()
 	for name, h := range w.commands() {
-		if err := cmds.AddEndpoint(name, w.endpoint(name, h)); err != nil {
+		if err := cmds.AddEndpoint(name, w.endpoint(name, h, quick[name])); err != nil {
 			_ = svc.Stop()
 			return fmt.Errorf("workers: endpoint %s: %w", name, err)
 		}
 	}
 	internal := svc.AddGroup(proto.InternalPrefix[:len(proto.InternalPrefix)-1])
 	for name, h := range w.internal() {
-		if err := internal.AddEndpoint(name, w.endpoint(name, h)); err != nil {
+		if err := internal.AddEndpoint(name, w.endpoint(name, h, nil)); err != nil {
 			_ = svc.Stop()
 			return fmt.Errorf("workers: endpoint %s: %w", name, err)
 		}
@@ -400,11 +401,20 @@ type call struct {
 
 type handler func(ctx context.Context, c *call) ([]byte, error)
 
+// quickHandler answers a request from memory, without waiting on
+// anything, or reports false to leave it to the command's handler.
+type quickHandler func(c *call) bool
+
 // endpoint runs each request on its own goroutine: handlers wait on the
 // network (JetStream, recipients' edges) and on password hashing, and one slow
-// request must not hold up the rest.
-func (w *Worker) endpoint(cmd string, h handler) micro.Handler {
+// request must not hold up the rest. A command with a quick handler is
+// first tried on the subscription's own goroutine: when the answer needs
+// no waiting, that saves starting and scheduling one per request.
+func (w *Worker) endpoint(cmd string, h handler, quick quickHandler) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
+		if quick != nil && w.tryQuick(req, cmd, quick) {
+			return
+		}
 		w.inflight <- struct{}{}
 		w.wg.Add(1)
 		go func() {
@@ -414,16 +424,37 @@ func (w *Worker) endpoint(cmd string, h handler) micro.Handler {
 	})
 }
 
+// newCall reads a request's headers; seen is the session's log position.
+func newCall(req micro.Request, cmd string) (c *call, seen uint64) {
+	hdr := req.Headers()
+	c = &call{cmd: cmd, user: hdr.Get(proto.HdrUser), body: req.Data(), reply: req.Reply(),
+		transfer: hdr.Get(proto.HdrTransfer), offlineOK: hdr.Get(proto.HdrOffline) != ""}
+	seen, _ = strconv.ParseUint(hdr.Get(proto.HdrSeq), 10, 64)
+	return c, seen
+}
+
+// tryQuick runs a quick handler when the store is as recent as the
+// session needs; it reports whether the request was answered.
+func (w *Worker) tryQuick(req micro.Request, cmd string, quick quickHandler) bool {
+	start := time.Now()
+	c, seen := newCall(req, cmd)
+	if c.user == "" || seen > w.store.LastSeq() || c.f.decode(req.Data()) != nil || !quick(c) {
+		return false
+	}
+	if c.answered {
+		w.metrics.handedOff(cmd, time.Since(start))
+	}
+	return true
+}
+
 func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 	start := time.Now()
 	ctx := deadline.New(context.Background(), start.Add(w.opts.ReadWait+w.opts.DeliverTimeout+time.Second))
 	defer ctx.Release()
-	hdr := req.Headers()
-	c := &call{cmd: cmd, user: hdr.Get(proto.HdrUser), body: req.Data(), reply: req.Reply(),
-		transfer: hdr.Get(proto.HdrTransfer), offlineOK: hdr.Get(proto.HdrOffline) != ""}
+	c, seen := newCall(req, cmd)
 	var body []byte
 	var err error
-	if seen, _ := strconv.ParseUint(hdr.Get(proto.HdrSeq), 10, 64); seen > w.store.LastSeq() {
+	if seen > w.store.LastSeq() {
 		wctx := deadline.New(ctx, start.Add(w.opts.ReadWait))
 		err = w.applier.wait(wctx, seen)
 		wctx.Release()
