@@ -304,14 +304,17 @@ func (e *Edge) Serve() error {
 			return fmt.Errorf("edge: accept: %w", err)
 		}
 		if tc, ok := nc.(*net.TCPConn); ok {
-			// Jittered by a quarter either way: connections accepted in a
-			// burst (a reconnect storm after a restart) would otherwise
-			// probe in a burst too, and a burst of thousands of packets
-			// overflows the kernel's backlog, which then looks like dead
-			// peers.
+			// Both times jittered by a quarter either way: connections
+			// accepted in a burst (a reconnect storm after a restart)
+			// would otherwise probe in a burst too, and a burst of
+			// thousands of packets overflows the kernel's backlog, which
+			// then looks like dead peers. The interval too: the probes
+			// lost in one burst would otherwise be retried together, and
+			// lost together again, until the kernel gives up on all of them.
 			idle := e.opts.KeepAlive * time.Duration(75+rand.IntN(51)) / 100
+			interval := 10 * time.Second * time.Duration(75+rand.IntN(51)) / 100
 			_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: idle,
-				Interval: 10 * time.Second, Count: 3})
+				Interval: interval, Count: 3})
 		}
 		e.metrics.accepted.Inc()
 		c := newConn(e, nc)
