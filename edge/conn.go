@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,7 +25,8 @@ import (
 // through a queue drained by a writer goroutine, which sends all the lines
 // it finds in one system call. The writer exists only while the
 // connection is busy: after writerIdle without a line it ends, so an idle
-// connection costs one goroutine, not two.
+// connection costs one goroutine, not two. A reply, when nothing else is
+// waiting, is written by the read loop itself (see sendNow).
 type conn struct {
 	e    *Edge
 	sock net.Conn
@@ -33,6 +35,7 @@ type conn struct {
 	queue    [][]byte      // lines waiting to be written
 	spare    [][]byte      // the writer's last batch, reused
 	writing  bool          // a writer goroutine is running
+	busy     bool          // a write is under way (the writer's or the read loop's)
 	kick     chan struct{} // wakes a waiting writer
 	closed   bool
 	idleWait chan struct{} // closed when the writer next finds nothing to do
@@ -124,6 +127,104 @@ func (c *conn) send(line []byte) {
 	}
 }
 
+// sendNow writes a reply from the read loop itself when nothing else is
+// waiting to be written: the read loop has nothing else to do meanwhile,
+// and waking the writer goroutine for one line costs more than the line.
+// The attempt never blocks; what the socket does not take goes to the
+// writer.
+func (c *conn) sendNow(line []byte) {
+	c.mu.Lock()
+	if c.closed || c.busy || len(c.queue) > 0 {
+		c.mu.Unlock()
+		c.send(line)
+		return
+	}
+	c.busy = true
+	c.mu.Unlock()
+	rest, err := c.tryWrite(line)
+	if err != nil {
+		c.mu.Lock()
+		c.busy = false
+		c.mu.Unlock()
+		c.close()
+		return
+	}
+	c.mu.Lock()
+	c.busy = false
+	if len(rest) > 0 {
+		c.queue = append(c.queue, nil)
+		copy(c.queue[1:], c.queue)
+		c.queue[0] = rest
+	}
+	if len(c.queue) == 0 {
+		c.noneQueued()
+		c.mu.Unlock()
+		return
+	}
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		go c.writeLoop()
+		return
+	}
+	select { // it waits while we write
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// tryWrite makes one non-blocking attempt to write line and returns what
+// the socket did not take; an error means the connection is broken.
+func (c *conn) tryWrite(line []byte) ([]byte, error) {
+	sc, ok := c.sock.(syscall.Conn)
+	if !ok {
+		return line, nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return line, nil
+	}
+	var n int
+	var werr error
+	err = rc.Write(func(fd uintptr) bool { // one attempt
+		for n < len(line) {
+			m, err := syscall.Write(int(fd), line[n:])
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				if err != syscall.EAGAIN {
+					werr = err
+				}
+				break
+			}
+			n += m
+		}
+		return true // never wait for the socket: the writer goroutine does
+	})
+	switch {
+	case werr != nil:
+		return nil, werr
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The writer's last deadline, long past: not an error here, but
+		// the writer (which sets a new one) has to write this line.
+		return line[n:], nil
+	case err != nil:
+		return nil, err
+	}
+	return line[n:], nil
+}
+
+// noneQueued wakes flush waiters once nothing is queued or being written;
+// the caller holds mu.
+func (c *conn) noneQueued() {
+	if c.idleWait != nil && len(c.queue) == 0 && !c.busy {
+		close(c.idleWait)
+		c.idleWait = nil
+	}
+}
+
 // observe raises the session's seen sequence.
 func (c *conn) observe(seq uint64) {
 	for {
@@ -146,11 +247,8 @@ func (c *conn) writeLoop() {
 		runtime.Gosched()
 		c.mu.Lock()
 		batch := c.queue
-		if len(batch) == 0 || c.closed {
-			if c.idleWait != nil {
-				close(c.idleWait)
-				c.idleWait = nil
-			}
+		if len(batch) == 0 || c.busy || c.closed {
+			c.noneQueued()
 			if c.closed {
 				c.writing = false
 				c.mu.Unlock()
@@ -171,14 +269,12 @@ func (c *conn) writeLoop() {
 			}
 			c.writing = false
 			c.spare = nil
-			if c.idleWait != nil { // a flush started as the timer fired
-				close(c.idleWait)
-				c.idleWait = nil
-			}
+			c.noneQueued() // a flush started as the timer fired
 			c.mu.Unlock()
 			return
 		}
 		c.queue, c.spare = c.spare[:0], nil // the two arrays take turns
+		c.busy = true
 		c.mu.Unlock()
 
 		_ = c.sock.SetWriteDeadline(time.Now().Add(c.e.opts.WriteTimeout))
@@ -186,6 +282,7 @@ func (c *conn) writeLoop() {
 		_, err := bufs.WriteTo(c.sock)
 		clear(batch)
 		c.mu.Lock()
+		c.busy = false
 		if cap(batch) <= 64 {
 			c.spare = batch[:0]
 		}
@@ -200,7 +297,7 @@ func (c *conn) writeLoop() {
 // connection is closed.
 func (c *conn) flush() {
 	c.mu.Lock()
-	if !c.writing {
+	if !c.writing && !c.busy {
 		c.mu.Unlock()
 		return
 	}
@@ -479,7 +576,7 @@ func (c *conn) logout(ctx context.Context) {
 // reply writes a direct reply, echoing the request's id when it had one.
 func (c *conn) reply(id json.RawMessage, body []byte) {
 	c.e.metrics.reply(body, time.Since(c.started))
-	c.send(withID(body, id))
+	c.sendNow(withID(body, id))
 }
 
 // withID returns body as a line, with "id" spliced in first when given.
