@@ -509,7 +509,11 @@ func (e *Edge) unbind(ctx context.Context, c *conn, user string) bool {
 	}
 	e.mu.Unlock()
 	if sub != nil {
-		_ = sub.Unsubscribe()
+		// Drained, not dropped: a message the server routed here before
+		// it saw the unsubscribe still reaches deliverLine, which finds
+		// nobody and hands a private message back to its worker to keep,
+		// instead of the sender waiting in vain for a confirmation.
+		_ = sub.Drain()
 	}
 	return !e.held(ctx, user)
 }

@@ -89,8 +89,20 @@ func (h *handoffs) start(ctx context.Context) error {
 	return nil
 }
 
-// stop ends the subscription; from now on nothing new is started.
+// stop ends the subscription; from now on nothing new is started. It
+// first waits (up to drainFor) for markers to come back, so that a "no
+// responders" for a message sent just before still gets it stored.
 func (h *handoffs) stop() {
+	for end := time.Now().Add(drainFor); time.Now().Before(end) && !h.w.nc.IsClosed(); {
+		h.mark()
+		h.mu.Lock()
+		done := len(h.cur) == 0 && len(h.sealed) == 0
+		h.mu.Unlock()
+		if done {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	h.mu.Lock()
 	h.closed = true
 	h.mu.Unlock()
@@ -98,6 +110,9 @@ func (h *handoffs) stop() {
 		_ = h.sub.Unsubscribe()
 	}
 }
+
+// drainFor bounds how long stopping waits for markers.
+const drainFor = time.Second
 
 // send publishes msg to user's subject; the recipient's edge answers the
 // sender at reply. The lock covers the publish so that a delivery and the
