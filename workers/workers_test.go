@@ -271,3 +271,58 @@ func TestReturnedPrivateMessageIsStored(t *testing.T) {
 		t.Fatalf("delivered more than once: %v", extra)
 	}
 }
+
+// Messages sent while the recipient keeps logging in and out are each
+// answered success (written to a session) or offline (kept), never lost
+// and never delivered twice: the recipient ends up with every one, once.
+func TestPrivateChatWhileRecipientComesAndGoes(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	reg := chattest.Dial(t, addr)
+	reg.Register("alice", "pw")
+	reg.Register("bob", "pw")
+	alice := login(t, addr, "alice")
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	bob := chattest.Dial(t, addr)
+
+	// Everything is pipelined, so the server sees the sends, logins and
+	// logouts interleaved.
+	const n = 400
+	for i := range n {
+		alice.Send(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint("m", i)})
+		switch i % 20 {
+		case 0:
+			bob.Send(M{"cmd": "login", "user": "bob", "password": "pw"})
+		case 10:
+			bob.Send(M{"cmd": "offline"})
+		}
+	}
+	results := map[string]int{}
+	for range n {
+		results[alice.Want("private_chat_reply").Str("result")]++
+	}
+	if results["success"]+results["offline"] != n {
+		t.Fatalf("replies: %v", results)
+	}
+	bob.Send(M{"cmd": "login", "user": "bob", "password": "pw"}) // the last one left it logged out
+	got := map[string]int{}
+	for len(got) < n {
+		m := bob.Next()
+		if m.Str("cmd") == "private_chat" {
+			got[m.Str("text")]++
+		}
+	}
+	bob.Sync()
+	for _, m := range bob.Pending() {
+		if m.Str("cmd") == "private_chat" {
+			got[m.Str("text")]++
+		}
+	}
+	for text, k := range got {
+		if k != 1 {
+			t.Errorf("%s delivered %d times", text, k)
+		}
+	}
+	t.Logf("replies %v", results)
+}
