@@ -220,16 +220,16 @@ func TestTopologyEdgeKilled(t *testing.T) {
 	carol.Closed()
 	// bob comes back at once through e1; carol does not.
 	client(t, e1, "bob", false)
-	if m := alice.Want("friend_login"); m.Str("friend") != "bob" {
-		t.Fatalf("got %s", m.Raw)
-	}
 	if m := alice.Want("friend_offline"); m.Str("friend") != "carol" {
 		t.Fatalf("got %s", m.Raw)
 	}
-	// bob, logged in elsewhere, was not announced offline.
+	// bob, logged in elsewhere, was not announced offline. Whether his
+	// new login is announced depends on whether the broker had noticed
+	// e2's death when e1 asked if anyone held him: either way alice's
+	// view ends right, bob online.
 	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "still there?"}, "success")
 	for _, m := range alice.Pending() {
-		if m.Str("cmd") == "friend_offline" {
+		if m.Str("cmd") == "friend_offline" || m.Str("cmd") == "friend_login" && m.Str("friend") != "bob" {
 			t.Fatalf("unexpected %s", m.Raw)
 		}
 	}
