@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/chatd-io/chatd/internal/deadline"
 	"github.com/chatd-io/chatd/internal/proto"
@@ -483,7 +484,22 @@ func (c *conn) handle(frame []byte) {
 func (c *conn) forward(cmd string, id json.RawMessage, frame []byte) {
 	ctx := deadline.New(context.Background(), time.Now().Add(c.e.opts.RequestTimeout))
 	defer ctx.Release()
-	reply := c.ask(ctx, cmd, frame, nil)
+	var hdr nats.Header
+	if cmd == "private_chat" {
+		// Chosen here so that a message sent again below keeps its ID:
+		// a recipient who gets it twice can tell.
+		hdr = nats.Header{proto.HdrMsgID: {nuid.Next()}}
+	}
+	reply, err := c.ask(ctx, cmd, frame, hdr)
+	if errors.Is(err, context.DeadlineExceeded) && cmd == "private_chat" {
+		// Nobody confirmed: the worker or the recipient's edge may have
+		// died, or the message met a user leaving another broker. Kept,
+		// it reaches the recipient once more at worst, rather than never.
+		kctx := deadline.New(context.Background(), time.Now().Add(c.e.opts.RequestTimeout))
+		hdr.Set(proto.HdrKeep, "1")
+		reply, _ = c.ask(kctx, cmd, frame, hdr)
+		kctx.Release()
+	}
 	if reply == nil {
 		c.reply(id, unavailable(cmd, frame))
 		return
@@ -497,8 +513,9 @@ func (c *conn) forward(cmd string, id json.RawMessage, frame []byte) {
 
 // ask sends a client's request to the workers on behalf of the session,
 // with the sequence the session has seen, and returns the reply, or nil
-// when no worker answered in time.
-func (c *conn) ask(ctx context.Context, cmd string, frame []byte, hdr nats.Header) *nats.Msg {
+// and why when none came: context.DeadlineExceeded when nobody answered
+// in time, nats.ErrNoResponders when no worker was there to ask.
+func (c *conn) ask(ctx context.Context, cmd string, frame []byte, hdr nats.Header) (*nats.Msg, error) {
 	m := nats.NewMsg(proto.CmdPrefix + cmd)
 	for k, v := range hdr {
 		m.Header[k] = v
@@ -511,13 +528,19 @@ func (c *conn) ask(ctx context.Context, cmd string, frame []byte, hdr nats.Heade
 	}
 	m.Data = frame
 	reply, err := c.e.request(ctx, m)
-	if err != nil || len(reply.Data) == 0 || reply.Data[0] != '{' {
+	if errors.Is(err, nats.ErrTimeout) {
+		err = context.DeadlineExceeded
+	}
+	if err == nil && (len(reply.Data) == 0 || reply.Data[0] != '{') {
+		err = errors.New("malformed reply")
+	}
+	if err != nil {
 		c.e.log.Warn("no answer from workers", "cmd", cmd, "err", err)
-		return nil
+		return nil, err
 	}
 	seq, _ := strconv.ParseUint(reply.Header.Get(proto.HdrSeq), 10, 64)
 	c.observe(seq)
-	return reply
+	return reply, nil
 }
 
 // login binds the session after the worker accepted the password. Order

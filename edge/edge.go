@@ -524,17 +524,19 @@ func (e *Edge) unbind(ctx context.Context, c *conn, user string) bool {
 // short wait rather than an error.
 func (e *Edge) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
 	pause := 20 * time.Millisecond
+	var last error = context.DeadlineExceeded
 	for {
 		// A timeout rather than ctx: the client pools its timers, and a
 		// deadline.Context then never needs one of its own.
 		left := deadline.Remaining(ctx, e.opts.RequestTimeout)
 		if left <= 0 {
-			return nil, context.DeadlineExceeded
+			return nil, last
 		}
 		reply, err := e.nc.RequestMsg(m, left)
 		if !errors.Is(err, nats.ErrNoResponders) {
 			return reply, err
 		}
+		last = err
 		select {
 		case <-ctx.Done():
 			return nil, err

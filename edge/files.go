@@ -473,7 +473,7 @@ func (c *conn) sendFile(id json.RawMessage, frame []byte) {
 	if offline {
 		hdr.Set(proto.HdrOffline, "1")
 	}
-	reply := c.ask(ctx, "send_file", frame, hdr)
+	reply, _ := c.ask(ctx, "send_file", frame, hdr)
 	var res struct {
 		Result string `json:"result"`
 	}

@@ -276,7 +276,15 @@ func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
 	if refusal, err := w.needFriend(ctx, c.user, to); refusal != "" || err != nil {
 		return result(c.cmd, refusal, "user_to", to), err
 	}
-	msg := privateMessage(c.user, to, text)
+	msg := privateMessage(c.user, to, text, c.msgID)
+	if c.keep {
+		if err := w.inbox.put(ctx, to, msg); err != nil {
+			return nil, err
+		}
+		w.metrics.private.With("stored").Inc()
+		w.nudge(to) // fetched at once if the recipient is online after all
+		return result(c.cmd, "offline", "user_to", to), nil
+	}
 	if w.handOff(c, to, msg) {
 		return nil, nil
 	}
@@ -298,18 +306,23 @@ func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
 func (w *Worker) quickPrivateChat(c *call) bool {
 	to, ok := c.name("user_to")
 	text, _, okText := c.f.str("text")
-	if !ok || !okText || c.reply == "" || !actingUserOK(c, "user_from") {
+	if !ok || !okText || c.reply == "" || c.keep || !actingUserOK(c, "user_from") {
 		return false
 	}
 	if friends, err := w.store.AreFriends(c.user, to); err != nil || !friends {
 		return false
 	}
-	return w.handOff(c, to, privateMessage(c.user, to, text))
+	return w.handOff(c, to, privateMessage(c.user, to, text, c.msgID))
 }
 
-func privateMessage(from, to, text string) []byte {
+// privateMessage builds the delivered message; id is the edge's choice
+// when it made one (see proto.HdrMsgID).
+func privateMessage(from, to, text, id string) []byte {
+	if id == "" || len(id) > 64 {
+		id = nuid.Next()
+	}
 	return obj("cmd", "private_chat", "user_from", from, "user_to", to, "text", text,
-		"time", time.Now().UnixMilli(), "msg_id", nuid.Next())
+		"time", time.Now().UnixMilli(), "msg_id", id)
 }
 
 // handOff sends msg to the recipient's edges, which answer the sender's

@@ -397,6 +397,8 @@ type call struct {
 	isError   bool   // count as an error in service stats
 	reply     string // where the sender's edge waits for the answer
 	answered  bool   // someone else answers (a handed-off delivery)
+	keep      bool   // private_chat: store the message, do not deliver it
+	msgID     string // private_chat: the message's ID, chosen by the edge
 }
 
 type handler func(ctx context.Context, c *call) ([]byte, error)
@@ -428,7 +430,8 @@ func (w *Worker) endpoint(cmd string, h handler, quick quickHandler) micro.Handl
 func newCall(req micro.Request, cmd string) (c *call, seen uint64) {
 	hdr := req.Headers()
 	c = &call{cmd: cmd, user: hdr.Get(proto.HdrUser), body: req.Data(), reply: req.Reply(),
-		transfer: hdr.Get(proto.HdrTransfer), offlineOK: hdr.Get(proto.HdrOffline) != ""}
+		transfer: hdr.Get(proto.HdrTransfer), offlineOK: hdr.Get(proto.HdrOffline) != "",
+		keep: hdr.Get(proto.HdrKeep) != "", msgID: hdr.Get(proto.HdrMsgID)}
 	seen, _ = strconv.ParseUint(hdr.Get(proto.HdrSeq), 10, 64)
 	return c, seen
 }

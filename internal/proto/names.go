@@ -138,6 +138,13 @@ const (
 	HdrBind = "Chat-Bind"
 	// HdrMore on a reply that carries stored messages says more are waiting.
 	HdrMore = "Chat-More"
+	// HdrKeep on a private_chat request says an earlier attempt got no
+	// answer: the worker keeps the message for the recipient's next
+	// fetch rather than handing it to an edge.
+	HdrKeep = "Chat-Keep"
+	// HdrMsgID on a private_chat request is the msg_id the message gets,
+	// the same when the request is sent again.
+	HdrMsgID = "Chat-Msg-Id"
 )
 
 // Kinds of messages on a user's delivery subject.
