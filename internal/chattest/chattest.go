@@ -311,10 +311,15 @@ func (cl *Client) Closed() []Msg {
 	}
 }
 
-// Login logs user in on cl, expecting success.
+// Login logs user in on cl, expecting success, and returns once the
+// server has finished with the login: friends told, stored messages
+// handed out (they wait in the backlog). The reply comes before that, so
+// without the wait a test's next step could race the announcement.
 func (cl *Client) Login(user, password string) Msg {
 	cl.t.Helper()
-	return cl.Expect(map[string]any{"cmd": "login", "user": user, "password": password}, "success")
+	m := cl.Expect(map[string]any{"cmd": "login", "user": user, "password": password}, "success")
+	cl.Sync()
+	return m
 }
 
 // Register registers user with password, expecting success.
