@@ -190,14 +190,11 @@ func (c *conn) tryWrite(line []byte) ([]byte, error) {
 	var werr error
 	err = rc.Write(func(fd uintptr) bool { // one attempt
 		for n < len(line) {
-			m, err := syscall.Write(int(fd), line[n:])
-			if err == syscall.EINTR {
-				continue
-			}
+			m, again, err := writeOnce(fd, line[n:])
 			if err != nil {
-				if err != syscall.EAGAIN {
-					werr = err
-				}
+				werr = err
+			}
+			if err != nil || again {
 				break
 			}
 			n += m
