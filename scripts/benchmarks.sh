@@ -66,7 +66,8 @@ echo "# $(date -u +%FT%TZ) $(uname -sr), $(nproc) cores, $(go version | cut -d' 
 
 if want private; then
 	all private "${cheap[@]}"
-	bench private private --pairs 20 --window 1 --duration 20s
+	# The raw NATS loop of the same shape right after, on the same chart.
+	bench private private --pairs 20 --window 1 --duration 20s --with-nats
 fi
 if want group; then
 	all group "${cheap[@]}"

@@ -106,7 +106,17 @@ func scenarioFlags(name string, fs *flag.FlagSet) (runner, bool) {
 		o := bench.DefaultPrivate
 		fs.IntVar(&o.Pairs, "pairs", o.Pairs, "sender→recipient friend pairs, each user on its own connection")
 		fs.IntVar(&o.Window, "window", o.Window, "messages each sender keeps in flight (until the recipient reads them)")
-		return single(bench.RunPrivate, &o), true
+		withNATS := fs.Bool("with-nats", false, "then run the raw NATS loop (the nats scenario, embedded, same pairs and window)\n"+
+			"for comparison: a second summary line, and a second curve on the chart")
+		return func(ctx context.Context, env *bench.Env, show func(*bench.Result)) ([]*bench.Result, error) {
+			rs, err := single(bench.RunPrivate, &o)(ctx, env, show)
+			if err != nil || !*withNATS {
+				return rs, err
+			}
+			n := bench.NATSOptions{Pairs: o.Pairs, Window: o.Window}
+			more, err := single(bench.RunNATS, &n)(ctx, env, show)
+			return append(rs, more...), err
+		}, true
 	case "group":
 		o := bench.DefaultGroup
 		fs.IntVar(&o.Members, "members", o.Members, "group members, each on its own connection")

@@ -132,6 +132,54 @@ func TestScenariosAgainstChatd(t *testing.T) {
 	}
 }
 
+// With --with-nats, the private scenario is followed by the raw NATS
+// loop of the same shape: two summaries, two results, two curves.
+func TestPrivateWithNATS(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	dir := t.TempDir()
+	jsonPath, svgPath := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.svg")
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	args := []string{"private", "--addr", addr, "--pairs", "2", "--with-nats", "--duration", "300ms", "--warmup", "0",
+		"--json", jsonPath, "--svg", svgPath}
+	if code := run(ctx, args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, stdout.String(), stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "private pairs=2 ") || !strings.HasPrefix(lines[1], "nats pairs=2 window=1") {
+		t.Fatalf("want a private and a nats summary, got %q", stdout.String())
+	}
+	var rep report
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("JSON: %v\n%s", err, b)
+	}
+	if len(rep.Results) != 2 || rep.Results[0].Scenario != "private" || rep.Results[1].Scenario != "nats" {
+		t.Fatalf("results %+v", rep.Results)
+	}
+	for _, r := range rep.Results {
+		if r.Count <= 0 || r.Errors != 0 {
+			t.Fatalf("result %+v", r)
+		}
+	}
+	svg, err := os.ReadFile(svgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wellFormed(t, svg)
+	for _, name := range []string{"private pairs=2", "nats pairs=2"} {
+		if !bytes.Contains(svg, []byte(name)) {
+			t.Errorf("chart has no %q curve", name)
+		}
+	}
+}
+
 // checkServer checks what --pid reported: every process, in order, with
 // plausible RSS, and the summary naming the one that grew most.
 func checkServer(t *testing.T, s *bench.ServerStats, pidList, summary string) {
