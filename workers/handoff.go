@@ -149,6 +149,17 @@ func (h *handoffs) mark() {
 	}
 }
 
+// kept counts the deliveries kept.
+func (h *handoffs) kept() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := len(h.cur)
+	for _, g := range h.sealed {
+		n += len(g)
+	}
+	return n
+}
+
 // take removes and returns the delivery sent with tok, if still kept.
 func (h *handoffs) take(tok uint64) (handoff, bool) {
 	if d, ok := h.cur[tok]; ok {

@@ -33,6 +33,8 @@ func newWorkerMetrics(reg *metrics.Registry, w *Worker) *workerMetrics {
 			return float64(w.applier.pending.Load())
 		})
 	reg.NewGaugeFunc("chatd_worker_inflight", "Requests being handled.", func() float64 { return float64(len(w.inflight)) })
+	reg.NewGaugeFunc("chatd_worker_handoffs_kept", "Private messages handed off and kept until no \"no responders\" can come for them "+
+		"(normally a fraction of a second's worth).", func() float64 { return float64(w.handoff.kept()) })
 	return &workerMetrics{
 		requests: reg.NewCounterVec("chatd_worker_requests_total",
 			"Requests answered, by command and result.", "cmd", "result"),

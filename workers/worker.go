@@ -156,6 +156,7 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 		inflight: make(chan struct{}, opts.MaxInFlight),
 		hashing:  make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}
+	w.handoff = newHandoffs(w)
 	w.metrics = newWorkerMetrics(opts.Metrics, w)
 	var err error
 	if opts.DataDir == "" {
@@ -226,7 +227,6 @@ func (w *Worker) start(ctx context.Context) error {
 	w.log.Info("worker caught up with the log", "events", info.State.LastSeq, "took", time.Since(started).Round(time.Millisecond))
 	bg, stop := context.WithCancel(context.Background())
 	w.stop = stop
-	w.handoff = newHandoffs(w)
 	if err := w.handoff.start(bg); err != nil {
 		stop()
 		w.events.Stop()
@@ -352,9 +352,7 @@ func (w *Worker) Close(ctx context.Context) error {
 	if w.svc != nil {
 		errs = append(errs, w.svc.Stop())
 	}
-	if w.handoff != nil {
-		w.handoff.stop()
-	}
+	w.handoff.stop()
 	if w.stop != nil {
 		w.stop()
 	}

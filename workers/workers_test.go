@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/chatd-io/chatd/internal/chattest"
+	"github.com/chatd-io/chatd/internal/metrics"
 	"github.com/chatd-io/chatd/internal/proto"
 	"github.com/chatd-io/chatd/workers"
 )
@@ -325,4 +326,45 @@ func TestPrivateChatWhileRecipientComesAndGoes(t *testing.T) {
 		}
 	}
 	t.Logf("replies %v", results)
+}
+
+// A worker forgets what it handed off once its markers come back: the
+// kept count returns to zero, for delivered and for stored messages.
+func TestHandedOffMessagesAreForgotten(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	reg := metrics.New()
+	c.StartWorker("", func(o *workers.Options) { o.Metrics = reg })
+	addr := c.StartEdge().Addr().String()
+	setup := chattest.Dial(t, addr)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		setup.Register(u, "pw")
+	}
+	alice := login(t, addr, "alice")
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	alice.Expect(M{"cmd": "add", "friend": "carol"}, "success")
+	bob := login(t, addr, "bob")
+	for i := range 50 {
+		alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint(i)}, "success")
+		alice.Expect(M{"cmd": "private_chat", "user_to": "carol", "text": fmt.Sprint(i)}, "offline")
+	}
+	for range 50 {
+		bob.Want("private_chat")
+	}
+	kept := func() string {
+		var b strings.Builder
+		reg.Write(&b)
+		for line := range strings.Lines(b.String()) {
+			if v, ok := strings.CutPrefix(line, "chatd_worker_handoffs_kept "); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+		return "missing"
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for kept() != "0" {
+		if time.Now().After(deadline) {
+			t.Fatalf("chatd_worker_handoffs_kept is %s long after the last message", kept())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
