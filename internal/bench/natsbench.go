@@ -34,12 +34,6 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 		Label:     fmt.Sprintf("pairs=%d window=%d", o.Pairs, o.Window),
 		Params:    map[string]any{"pairs": o.Pairs, "window": o.Window, "embedded": o.URL == ""},
 		LatencyOf: "publish by the sender → receipt by the receiver"}
-	m := newMeter("nats", "msg", env.Log)
-	pctx, stopProgress := context.WithCancel(context.Background())
-	var pwg sync.WaitGroup
-	pwg.Go(func() { m.progress(pctx, env.Console, env.Warmup, env.Duration) })
-	defer func() { stopProgress(); pwg.Wait() }()
-
 	url := o.URL
 	if url == "" {
 		// The embedded server runs in this process (--pid names the chat
@@ -51,6 +45,13 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 		res.serverWhat = "process (server+clients)"
 		res.Params["cpu_includes_clients"] = true
 	}
+	m := newMeter("nats", "msg", env.Log)
+	pctx, stopProgress := context.WithCancel(context.Background())
+	var pwg sync.WaitGroup
+	console, warmup, duration := env.Console, env.Warmup, env.Duration
+	pwg.Go(func() { m.progress(pctx, console, warmup, duration) })
+	defer func() { stopProgress(); pwg.Wait() }()
+
 	if url == "" {
 		s, err := startNATS()
 		if err != nil {
