@@ -183,6 +183,7 @@ type userEntry struct {
 	name     string
 	sessions map[*conn]uint64
 	sub      *nats.Subscription
+	fetching sync.Mutex // one fetchInbox at a time
 }
 
 // New starts listening. Serve must be called to accept clients.
@@ -711,16 +712,29 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 	}
 }
 
-// fetchInbox claims the user's stored messages and writes them to
-// sessions. With announce, the same request first tells the user's
-// friends the user came online.
+// fetchInbox hands the user's stored messages to sessions. With
+// announce, the same request first tells the user's friends the user
+// came online.
+//
+// Messages are read, written, and only then removed: if every session
+// is gone before its socket took them, or this edge dies meanwhile, they
+// stay stored for the next login (at least once; a repeat has the same
+// msg_id). One fetch at a time per user here, so that a login's fetch and
+// a nudge's do not both write the same messages.
 func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, announce bool) {
+	e.mu.Lock()
+	u := e.users[user]
+	e.mu.Unlock()
+	if u != nil {
+		u.fetching.Lock()
+		defer u.fetching.Unlock()
+	}
 	for {
 		m := nats.NewMsg(proto.InternalPrefix + proto.IntInbox)
 		m.Header.Set(proto.HdrUser, user)
-		m.Data = []byte("{}")
+		m.Data = []byte(`{"peek":true}`)
 		if announce {
-			m.Data, announce = []byte(`{"announce":true}`), false
+			m.Data, announce = []byte(`{"announce":true,"peek":true}`), false
 		}
 		reply, err := e.request(ctx, m)
 		if err != nil {
@@ -738,10 +752,47 @@ func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, an
 				c.send(line)
 			}
 		}
+		seqs := reply.Header.Get(proto.HdrInboxSeqs)
+		if seqs == "" { // nothing was stored, or a worker that removes as it reads
+			if reply.Header.Get(proto.HdrMore) == "" {
+				return
+			}
+			continue
+		}
+		if !written(sessions) {
+			return
+		}
+		done := nats.NewMsg(proto.InternalPrefix + proto.IntInboxDone)
+		done.Header.Set(proto.HdrUser, user)
+		done.Header.Set(proto.HdrInboxSeqs, seqs)
+		done.Data = []byte("{}")
+		dr, err := e.request(ctx, done)
+		if err == nil && proto.StrField(dr.Data, "result") != "success" {
+			err = fmt.Errorf("worker answered %s", dr.Data)
+		}
+		if err != nil {
+			// Handed out again at the next fetch: a repeat, not a loss.
+			e.log.Warn("removing delivered offline messages failed", "user", user, "err", err)
+			return
+		}
 		if reply.Header.Get(proto.HdrMore) == "" {
 			return
 		}
 	}
+}
+
+// written waits until what was queued for sessions has gone to their
+// sockets, and reports whether any session is still there to have
+// taken it.
+func written(sessions []*conn) bool {
+	ok := false
+	for _, c := range sessions {
+		c.flush()
+		c.mu.Lock()
+		ok = ok || !c.closed
+		c.mu.Unlock()
+	}
+	return ok
 }
 
 // newest picks the session a stored file goes to: the newest of the

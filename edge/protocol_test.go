@@ -431,6 +431,44 @@ func TestOfflineMessages(t *testing.T) {
 	}
 }
 
+// Stored messages are removed only once written: a client that logs in
+// and is gone before they reach its socket finds them at the next login.
+func TestStoredMessagesOutliveAVanishedSession(t *testing.T) {
+	addr := start(t)
+	cls := users(t, addr, "alice", "bob")
+	alice, bob := cls[0], cls[1]
+	befriend(t, alice, bob, "bob")
+	bob.Send(M{"cmd": "offline"})
+	bob.Want("offline_reply")
+	const n = 20
+	for i := range n {
+		alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint("m", i)}, "offline")
+	}
+	// Log in and close at once: what the server writes next meets a
+	// closed socket, which answers with a reset.
+	gone, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gone.Write([]byte(`{"cmd":"login","user":"bob","password":"pw-bob"}` + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = gone.Close()
+
+	again := chattest.Dial(t, addr)
+	again.Login("bob", "pw-bob")
+	for i := 0; i < n; {
+		m := again.Next()
+		if m.Str("cmd") != "private_chat" {
+			continue
+		}
+		if m.Str("text") != fmt.Sprint("m", i) {
+			t.Fatalf("got %s, want m%d", m.Raw, i)
+		}
+		i++
+	}
+}
+
 func TestNoWorkerMeansUnavailable(t *testing.T) {
 	c := chattest.StartBroker(t, "")
 	e := c.StartEdge(func(o *edge.Options) { o.RequestTimeout = time.Second })

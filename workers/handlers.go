@@ -46,6 +46,7 @@ func (w *Worker) internal() map[string]handler {
 	return map[string]handler{
 		proto.IntPresence:   w.loggedIn(w.presence),
 		proto.IntInbox:      w.loggedIn(w.claimInbox),
+		proto.IntInboxDone:  w.loggedIn(w.inboxDone),
 		proto.IntFileStored: w.loggedIn(w.fileStored),
 	}
 }
@@ -434,16 +435,71 @@ func (w *Worker) claimInbox(ctx context.Context, c *call) ([]byte, error) {
 			return nil, err
 		}
 	}
-	msgs, more, err := w.inbox.claim(ctx, c.user, inboxBatch)
+	var peek bool
+	if raw := c.f.raw("peek"); raw != nil && json.Unmarshal(raw, &peek) != nil {
+		return result(c.cmd, "invalid"), nil
+	}
+	var msgs [][]byte
+	var more bool
+	var err error
+	if peek {
+		var seqs []uint64
+		msgs, seqs, more, err = w.inbox.peek(ctx, c.user, inboxBatch)
+		c.inboxSeqs = formatSeqs(seqs)
+	} else {
+		msgs, more, err = w.inbox.claim(ctx, c.user, inboxBatch)
+	}
 	if err != nil && len(msgs) == 0 {
 		return nil, err
 	}
 	if err != nil {
-		w.log.Warn("offline messages partly claimed", "user", c.user, "err", err)
+		w.log.Warn("offline messages partly read", "user", c.user, "err", err)
 		more = true
 	}
 	c.more = more
 	return append(bytes.Join(msgs, []byte("\n")), '\n'), nil
+}
+
+// inboxDone removes stored messages the edge has written (see peek).
+func (w *Worker) inboxDone(ctx context.Context, c *call) ([]byte, error) {
+	seqs, ok := parseSeqs(c.inboxSeqs)
+	if !ok {
+		return result(c.cmd, "invalid"), nil
+	}
+	if err := w.inbox.remove(ctx, seqs); err != nil {
+		return nil, err
+	}
+	return result(c.cmd, "success"), nil
+}
+
+func formatSeqs(seqs []uint64) string {
+	b := make([]byte, 0, 8*len(seqs))
+	for i, s := range seqs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, s, 10)
+	}
+	return string(b)
+}
+
+func parseSeqs(s string) ([]uint64, bool) {
+	if s == "" {
+		return nil, false
+	}
+	parts := strings.Split(s, ",")
+	if len(parts) > inboxBatch {
+		return nil, false
+	}
+	seqs := make([]uint64, 0, len(parts))
+	for _, p := range parts {
+		n, err := strconv.ParseUint(p, 10, 64)
+		if err != nil || n == 0 {
+			return nil, false
+		}
+		seqs = append(seqs, n)
+	}
+	return seqs, true
 }
 
 // notify publishes a delivery to every session of user, if any; nothing

@@ -53,6 +53,39 @@ func (ib *inbox) claim(ctx context.Context, user string, max int) ([][]byte, boo
 	}
 }
 
+// peek returns up to max waiting messages for user, oldest first, with
+// their sequences, and reports whether more remain. Nothing is removed:
+// the edge removes them (remove) once it has written them, so a message
+// whose edge dies before that is handed out again.
+func (ib *inbox) peek(ctx context.Context, user string, max int) (msgs [][]byte, seqs []uint64, more bool, err error) {
+	subj := inboxSubject(user)
+	seq := uint64(1)
+	for {
+		m, err := ib.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return msgs, seqs, false, nil
+		}
+		if err != nil {
+			return msgs, seqs, false, fmt.Errorf("read offline messages: %w", err)
+		}
+		if len(msgs) == max {
+			return msgs, seqs, true, nil
+		}
+		msgs, seqs = append(msgs, m.Data), append(seqs, m.Sequence)
+		seq = m.Sequence + 1
+	}
+}
+
+// remove deletes handed-out messages; one already gone is no error.
+func (ib *inbox) remove(ctx context.Context, seqs []uint64) error {
+	for _, seq := range seqs {
+		if err := ib.stream.DeleteMsg(ctx, seq); err != nil && !alreadyGone(err) {
+			return fmt.Errorf("remove offline message: %w", err)
+		}
+	}
+	return nil
+}
+
 // JetStream error codes for deleting a message that is no longer there.
 const (
 	errCodeSequenceNotFound = 10043

@@ -16,6 +16,7 @@ func result(cmd, r string, extra ...any) []byte { return proto.Result(cmd, r, ex
 type fields struct {
 	user, password, friend, group, userTo, userFrom, text json.RawMessage
 	fromUser, toUser, filename, length, online, announce  json.RawMessage
+	peek                                                  json.RawMessage
 }
 
 // decode fills f from a request body, which must be a JSON object.
@@ -55,6 +56,8 @@ func (f *fields) field(name string) *json.RawMessage {
 		return &f.online
 	case "announce":
 		return &f.announce
+	case "peek":
+		return &f.peek
 	}
 	return nil
 }

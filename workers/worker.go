@@ -397,6 +397,7 @@ type call struct {
 	answered  bool   // someone else answers (a handed-off delivery)
 	keep      bool   // private_chat: store the message, do not deliver it
 	msgID     string // private_chat: the message's ID, chosen by the edge
+	inboxSeqs string // stored messages read (a reply) or written (a request)
 }
 
 type handler func(ctx context.Context, c *call) ([]byte, error)
@@ -429,7 +430,7 @@ func newCall(req micro.Request, cmd string) (c *call, seen uint64) {
 	hdr := req.Headers()
 	c = &call{cmd: cmd, user: hdr.Get(proto.HdrUser), body: req.Data(), reply: req.Reply(),
 		transfer: hdr.Get(proto.HdrTransfer), offlineOK: hdr.Get(proto.HdrOffline) != "",
-		keep: hdr.Get(proto.HdrKeep) != "", msgID: hdr.Get(proto.HdrMsgID)}
+		keep: hdr.Get(proto.HdrKeep) != "", msgID: hdr.Get(proto.HdrMsgID), inboxSeqs: hdr.Get(proto.HdrInboxSeqs)}
 	seen, _ = strconv.ParseUint(hdr.Get(proto.HdrSeq), 10, 64)
 	return c, seen
 }
@@ -495,6 +496,9 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 	}
 	if c.more {
 		out[proto.HdrMore] = []string{"1"}
+	}
+	if c.inboxSeqs != "" && cmd == proto.IntInbox {
+		out[proto.HdrInboxSeqs] = []string{c.inboxSeqs}
 	}
 	w.metrics.served(cmd, body, time.Since(start))
 	if c.isError {

@@ -79,8 +79,12 @@ func SessionKey(edgeID, user string) string { return SessionKeyPrefix(edgeID) + 
 const (
 	// IntPresence tells a user's friends that the user came or went.
 	IntPresence = "presence"
-	// IntInbox claims a batch of the user's stored messages.
+	// IntInbox claims a batch of the user's stored messages; with
+	// "peek":true it only reads them, listing their sequences in
+	// HdrInboxSeqs, and IntInboxDone removes them once written.
 	IntInbox = "inbox"
+	// IntInboxDone removes the stored messages HdrInboxSeqs lists.
+	IntInboxDone = "inbox_done"
 	// IntFileStored queues a stored file's offer for its recipient.
 	IntFileStored = "file_stored"
 )
@@ -145,6 +149,8 @@ const (
 	// HdrMsgID on a private_chat request is the msg_id the message gets,
 	// the same when the request is sent again.
 	HdrMsgID = "Chat-Msg-Id"
+	// HdrInboxSeqs lists stored messages by stream sequence, comma-separated.
+	HdrInboxSeqs = "Chat-Inbox-Seqs"
 )
 
 // Kinds of messages on a user's delivery subject.
