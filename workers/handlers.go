@@ -153,10 +153,14 @@ func (w *Worker) login(ctx context.Context, c *call) ([]byte, error) {
 	if !okUser {
 		return result(c.cmd, "user_not_exist"), nil
 	}
-	if ok, err := w.userExists(ctx, user); err != nil || !ok {
-		return result(c.cmd, "user_not_exist"), err
-	}
 	u, err := w.store.User(user)
+	if errors.Is(err, storage.ErrNotFound) {
+		// Not here yet, or not at all: the log decides.
+		if ok, err := w.userExists(ctx, user); err != nil || !ok {
+			return result(c.cmd, "user_not_exist"), err
+		}
+		u, err = w.store.User(user)
+	}
 	if err != nil {
 		return nil, err
 	}
