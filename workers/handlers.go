@@ -470,7 +470,7 @@ func (w *Worker) inboxDone(ctx context.Context, c *call) ([]byte, error) {
 	if !ok {
 		return result(c.cmd, "invalid"), nil
 	}
-	if err := w.inbox.remove(ctx, seqs); err != nil {
+	if err := w.inbox.remove(ctx, c.user, seqs); err != nil {
 		return nil, err
 	}
 	return result(c.cmd, "success"), nil

@@ -76,9 +76,18 @@ func (ib *inbox) peek(ctx context.Context, user string, max int) (msgs [][]byte,
 	}
 }
 
-// remove deletes handed-out messages; one already gone is no error.
-func (ib *inbox) remove(ctx context.Context, seqs []uint64) error {
+// remove deletes messages handed out to user; one already gone is no
+// error, and one stored for somebody else is left alone.
+func (ib *inbox) remove(ctx context.Context, user string, seqs []uint64) error {
+	subj := inboxSubject(user)
 	for _, seq := range seqs {
+		m, err := ib.stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && m.Subject != subj {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("remove offline message: %w", err)
+		}
 		if err := ib.stream.DeleteMsg(ctx, seq); err != nil && !alreadyGone(err) {
 			return fmt.Errorf("remove offline message: %w", err)
 		}

@@ -368,3 +368,35 @@ func TestHandedOffMessagesAreForgotten(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// inbox_done removes only the asking user's stored messages: sequences
+// of somebody else's are left alone.
+func TestInboxDoneRemovesOnlyTheUsersOwn(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	setup := chattest.Dial(t, addr)
+	for _, u := range []string{"alice", "bob", "carol"} {
+		setup.Register(u, "pw")
+	}
+	alice := login(t, addr, "alice")
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "for bob"}, "offline")
+
+	// carol's session names sequences 1 to 10, bob's message among them.
+	m := nats.NewMsg(proto.InternalPrefix + proto.IntInboxDone)
+	m.Header.Set(proto.HdrUser, "carol")
+	m.Header.Set(proto.HdrInboxSeqs, "1,2,3,4,5,6,7,8,9,10")
+	m.Data = []byte("{}")
+	r, err := c.Conn("someone").RequestMsg(m, chattest.Timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if proto.StrField(r.Data, "result") != "success" {
+		t.Fatalf("inbox_done: %s", r.Data)
+	}
+	bob := login(t, addr, "bob")
+	if m := bob.Want("private_chat"); m.Str("text") != "for bob" {
+		t.Fatalf("got %s", m.Raw)
+	}
+}
