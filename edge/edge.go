@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -172,6 +173,10 @@ type Edge struct {
 	metrics   *edgeMetrics
 	poller    *poller // nil where idle connections cannot be parked
 
+	// fetching makes fetches of one user's stored messages take turns
+	// (fetchInbox), whichever sessions they serve; striped by user.
+	fetching [64]sync.Mutex
+
 	closing chan struct{}
 	wg      sync.WaitGroup // every goroutine of the edge
 	connWG  sync.WaitGroup // client connections' read loops
@@ -183,7 +188,6 @@ type userEntry struct {
 	name     string
 	sessions map[*conn]uint64
 	sub      *nats.Subscription
-	fetching sync.Mutex // one fetchInbox at a time
 }
 
 // New starts listening. Serve must be called to accept clients.
@@ -660,13 +664,12 @@ func (e *Edge) deliver(m *nats.Msg) {
 			_ = m.RespondMsg(r)
 		}
 	case proto.KindInbox:
-		sessions := e.sessionsOf(u.name)
 		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
 			defer cancel()
-			e.fetchInbox(ctx, u.name, sessions, false)
+			e.fetchInbox(ctx, u.name, nil, false)
 		}()
 	}
 }
@@ -712,22 +715,23 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 	}
 }
 
-// fetchInbox hands the user's stored messages to sessions. With
-// announce, the same request first tells the user's friends the user
-// came online.
+// fetchInbox hands the user's stored messages to sessions (nil: every
+// session the user has here when the fetch starts). With announce, the
+// same request first tells the user's friends the user came online.
 //
 // Messages are read, written, and only then removed: if every session
 // is gone before its socket took them, or this edge dies meanwhile, they
 // stay stored for the next login (at least once; a repeat has the same
-// msg_id). One fetch at a time per user here, so that a login's fetch and
-// a nudge's do not both write the same messages.
+// msg_id). Fetches for one user take turns here, so that a login's fetch
+// and a nudge's do not both write the same messages.
 func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, announce bool) {
-	e.mu.Lock()
-	u := e.users[user]
-	e.mu.Unlock()
-	if u != nil {
-		u.fetching.Lock()
-		defer u.fetching.Unlock()
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(user))
+	lock := &e.fetching[h.Sum32()%uint32(len(e.fetching))]
+	lock.Lock()
+	defer lock.Unlock()
+	if sessions == nil {
+		sessions = e.sessionsOf(user)
 	}
 	for {
 		m := nats.NewMsg(proto.InternalPrefix + proto.IntInbox)

@@ -214,7 +214,7 @@ func (r *registry) sync(ctx context.Context) {
 // and hands out what was stored for the user meanwhile.
 func (r *registry) rejoin(ctx context.Context) {
 	for _, user := range r.e.localUsers() {
-		r.e.fetchInbox(ctx, user, r.e.sessionsOf(user), true)
+		r.e.fetchInbox(ctx, user, nil, true)
 	}
 }
 
