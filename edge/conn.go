@@ -115,6 +115,12 @@ func (c *conn) send(line []byte) {
 	start := !c.writing
 	c.writing = true
 	c.mu.Unlock()
+	c.wakeWriter(start)
+}
+
+// wakeWriter starts a writer goroutine (start: none runs) or wakes the
+// one waiting for lines.
+func (c *conn) wakeWriter(start bool) {
 	if start {
 		// Not counted in the edge's wait group: a writer ends by itself
 		// when its connection closes, and lines may be sent (a transfer
@@ -143,15 +149,13 @@ func (c *conn) sendNow(line []byte) {
 	c.busy = true
 	c.mu.Unlock()
 	rest, err := c.tryWrite(line)
+	c.mu.Lock()
+	c.busy = false
 	if err != nil {
-		c.mu.Lock()
-		c.busy = false
 		c.mu.Unlock()
 		c.close()
 		return
 	}
-	c.mu.Lock()
-	c.busy = false
 	if len(rest) > 0 {
 		c.queue = append(c.queue, nil)
 		copy(c.queue[1:], c.queue)
@@ -165,14 +169,7 @@ func (c *conn) sendNow(line []byte) {
 	start := !c.writing
 	c.writing = true
 	c.mu.Unlock()
-	if start {
-		go c.writeLoop()
-		return
-	}
-	select { // it waits while we write
-	case c.kick <- struct{}{}:
-	default:
-	}
+	c.wakeWriter(start) // a running writer waited while we wrote
 }
 
 // tryWrite makes one non-blocking attempt to write line and returns what
@@ -304,10 +301,7 @@ func (c *conn) flush() {
 	}
 	wait := c.idleWait
 	c.mu.Unlock()
-	select { // a writer waiting for lines must look again
-	case c.kick <- struct{}{}:
-	default:
-	}
+	c.wakeWriter(false) // a writer waiting for lines must look again
 	select {
 	case <-wait:
 	case <-c.done:
