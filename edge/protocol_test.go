@@ -398,14 +398,22 @@ func TestPresence(t *testing.T) {
 	}
 }
 
-func TestOfflineMessages(t *testing.T) {
-	addr := start(t)
+// bobAway starts a server where alice and bob are friends and bob has
+// logged out again, his connection still open.
+func bobAway(t *testing.T) (addr string, alice, bob *chattest.Client) {
+	t.Helper()
+	addr = start(t)
 	cls := users(t, addr, "alice", "bob")
-	alice, bob := cls[0], cls[1]
+	alice, bob = cls[0], cls[1]
 	befriend(t, alice, bob, "bob")
 	bob.Send(M{"cmd": "offline"})
 	bob.Want("offline_reply")
 	alice.Want("friend_offline")
+	return addr, alice, bob
+}
+
+func TestOfflineMessages(t *testing.T) {
+	addr, alice, bob := bobAway(t)
 	texts := []string{"one", "two", "three", "四"}
 	for _, txt := range texts {
 		if m := alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": txt}, "offline"); m.Str("user_to") != "bob" {
@@ -434,12 +442,7 @@ func TestOfflineMessages(t *testing.T) {
 // Stored messages are removed only once written: a client that logs in
 // and is gone before they reach its socket finds them at the next login.
 func TestStoredMessagesOutliveAVanishedSession(t *testing.T) {
-	addr := start(t)
-	cls := users(t, addr, "alice", "bob")
-	alice, bob := cls[0], cls[1]
-	befriend(t, alice, bob, "bob")
-	bob.Send(M{"cmd": "offline"})
-	bob.Want("offline_reply")
+	addr, alice, _ := bobAway(t)
 	const n = 20
 	for i := range n {
 		alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint("m", i)}, "offline")

@@ -227,20 +227,32 @@ func TestStoreFailureIsReported(t *testing.T) {
 	}
 }
 
+// aliceAndFriends starts a broker, a worker (changed by mod) and an
+// edge, registers alice and friends, logs alice in and makes her their
+// friend; it returns the cluster, the edge's address and alice.
+func aliceAndFriends(t *testing.T, friends []string, mod ...func(*workers.Options)) (*chattest.Cluster, string, *chattest.Client) {
+	t.Helper()
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("", mod...)
+	addr := c.StartEdge().Addr().String()
+	reg := chattest.Dial(t, addr)
+	for _, u := range append([]string{"alice"}, friends...) {
+		reg.Register(u, "pw")
+	}
+	alice := login(t, addr, "alice")
+	for _, f := range friends {
+		alice.Expect(M{"cmd": "add", "friend": f}, "success")
+	}
+	return c, addr, alice
+}
+
 // A private message goes to the recipient's subject and the recipient's
 // edge confirms to the sender. Here something still subscribed to the
 // user's subject (an edge whose last session of the user just ended)
 // sends the message back: the worker keeps it for the user and the
 // sender hears "offline"; the user gets it, once, at the next login.
 func TestReturnedPrivateMessageIsStored(t *testing.T) {
-	c := chattest.StartBroker(t, "")
-	c.StartWorker("")
-	addr := c.StartEdge().Addr().String()
-	reg := chattest.Dial(t, addr)
-	reg.Register("alice", "pw")
-	reg.Register("bob", "pw")
-	alice := login(t, addr, "alice")
-	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	c, addr, alice := aliceAndFriends(t, []string{"bob"})
 
 	stale := c.Conn("stale edge")
 	returned := make(chan string, 1)
@@ -277,14 +289,7 @@ func TestReturnedPrivateMessageIsStored(t *testing.T) {
 // answered success (written to a session) or offline (kept), never lost
 // and never delivered twice: the recipient ends up with every one, once.
 func TestPrivateChatWhileRecipientComesAndGoes(t *testing.T) {
-	c := chattest.StartBroker(t, "")
-	c.StartWorker("")
-	addr := c.StartEdge().Addr().String()
-	reg := chattest.Dial(t, addr)
-	reg.Register("alice", "pw")
-	reg.Register("bob", "pw")
-	alice := login(t, addr, "alice")
-	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	_, addr, alice := aliceAndFriends(t, []string{"bob"})
 	bob := chattest.Dial(t, addr)
 
 	// Everything is pipelined, so the server sees the sends, logins and
@@ -331,17 +336,8 @@ func TestPrivateChatWhileRecipientComesAndGoes(t *testing.T) {
 // A worker forgets what it handed off once its markers come back: the
 // kept count returns to zero, for delivered and for stored messages.
 func TestHandedOffMessagesAreForgotten(t *testing.T) {
-	c := chattest.StartBroker(t, "")
 	reg := metrics.New()
-	c.StartWorker("", func(o *workers.Options) { o.Metrics = reg })
-	addr := c.StartEdge().Addr().String()
-	setup := chattest.Dial(t, addr)
-	for _, u := range []string{"alice", "bob", "carol"} {
-		setup.Register(u, "pw")
-	}
-	alice := login(t, addr, "alice")
-	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
-	alice.Expect(M{"cmd": "add", "friend": "carol"}, "success")
+	_, addr, alice := aliceAndFriends(t, []string{"bob", "carol"}, func(o *workers.Options) { o.Metrics = reg })
 	bob := login(t, addr, "bob")
 	for i := range 50 {
 		alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint(i)}, "success")
@@ -372,15 +368,8 @@ func TestHandedOffMessagesAreForgotten(t *testing.T) {
 // inbox_done removes only the asking user's stored messages: sequences
 // of somebody else's are left alone.
 func TestInboxDoneRemovesOnlyTheUsersOwn(t *testing.T) {
-	c := chattest.StartBroker(t, "")
-	c.StartWorker("")
-	addr := c.StartEdge().Addr().String()
-	setup := chattest.Dial(t, addr)
-	for _, u := range []string{"alice", "bob", "carol"} {
-		setup.Register(u, "pw")
-	}
-	alice := login(t, addr, "alice")
-	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	c, addr, alice := aliceAndFriends(t, []string{"bob"})
+	chattest.Dial(t, addr).Register("carol", "pw")
 	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "for bob"}, "offline")
 
 	// carol's session names sequences 1 to 10, bob's message among them.

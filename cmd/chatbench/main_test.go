@@ -83,26 +83,13 @@ func TestScenariosAgainstChatd(t *testing.T) {
 			jsonPath, svgPath := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.svg")
 			args := append(append([]string{tt.scenario}, common...), tt.args...)
 			args = append(args, "--pid", tt.pids, "--json", jsonPath, "--svg", svgPath)
-			var stdout, stderr bytes.Buffer
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if code := run(ctx, args, &stdout, &stderr); code != 0 {
-				t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, stdout.String(), stderr.String())
-			}
-			lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+			lines := runCLI(t, args)
 			if len(lines) != 1 || !strings.HasPrefix(lines[0], tt.scenario+" ") || !strings.Contains(lines[0], "errors=0") {
-				t.Fatalf("want one summary line with errors=0, got %q", stdout.String())
+				t.Fatalf("want one summary line with errors=0, got %q", lines)
 			}
 			t.Log(lines[0])
 
-			var rep report
-			b, err := os.ReadFile(jsonPath)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := json.Unmarshal(b, &rep); err != nil {
-				t.Fatalf("JSON: %v\n%s", err, b)
-			}
+			rep := readReport(t, jsonPath)
 			if len(rep.Results) != 1 {
 				t.Fatalf("%d results", len(rep.Results))
 			}
@@ -140,26 +127,12 @@ func TestPrivateWithNATS(t *testing.T) {
 	addr := c.StartEdge().Addr().String()
 	dir := t.TempDir()
 	jsonPath, svgPath := filepath.Join(dir, "r.json"), filepath.Join(dir, "r.svg")
-	var stdout, stderr bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	args := []string{"private", "--addr", addr, "--pairs", "2", "--with-nats", "--duration", "300ms", "--warmup", "0",
-		"--json", jsonPath, "--svg", svgPath}
-	if code := run(ctx, args, &stdout, &stderr); code != 0 {
-		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, stdout.String(), stderr.String())
-	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	lines := runCLI(t, []string{"private", "--addr", addr, "--pairs", "2", "--with-nats", "--duration", "300ms", "--warmup", "0",
+		"--json", jsonPath, "--svg", svgPath})
 	if len(lines) != 2 || !strings.HasPrefix(lines[0], "private pairs=2 ") || !strings.HasPrefix(lines[1], "nats pairs=2 window=1") {
-		t.Fatalf("want a private and a nats summary, got %q", stdout.String())
+		t.Fatalf("want a private and a nats summary, got %q", lines)
 	}
-	var rep report
-	b, err := os.ReadFile(jsonPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatalf("JSON: %v\n%s", err, b)
-	}
+	rep := readReport(t, jsonPath)
 	if len(rep.Results) != 2 || rep.Results[0].Scenario != "private" || rep.Results[1].Scenario != "nats" {
 		t.Fatalf("results %+v", rep.Results)
 	}
@@ -178,6 +151,33 @@ func TestPrivateWithNATS(t *testing.T) {
 			t.Errorf("chart has no %q curve", name)
 		}
 	}
+}
+
+// runCLI runs chatbench with args, expecting success, and returns the
+// lines it printed.
+func runCLI(t *testing.T, args []string) []string {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if code := run(ctx, args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, stdout.String(), stderr.String())
+	}
+	return strings.Split(strings.TrimSpace(stdout.String()), "\n")
+}
+
+// readReport reads what --json wrote.
+func readReport(t *testing.T, path string) report {
+	t.Helper()
+	var rep report
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("JSON: %v\n%s", err, b)
+	}
+	return rep
 }
 
 // checkServer checks what --pid reported: every process, in order, with
