@@ -227,7 +227,10 @@ func New(opts Options) (*Edge, error) {
 		_ = e.ln.Close()
 		return nil, err
 	}
-	e.registry = newRegistry(e)
+	if e.registry, err = newRegistry(e); err != nil {
+		_ = e.ln.Close()
+		return nil, err
+	}
 	e.wg.Add(2)
 	go e.dispatch()
 	go e.registry.run()
@@ -281,11 +284,11 @@ func (e *Edge) status(req micro.Request) {
 	_ = req.RespondJSON(st)
 }
 
-func newJetStream(nc *nats.Conn, domain string) (jetstream.JetStream, error) {
+func newJetStream(nc *nats.Conn, domain string, opts ...jetstream.JetStreamOpt) (jetstream.JetStream, error) {
 	if domain != "" {
-		return jetstream.NewWithDomain(nc, domain)
+		return jetstream.NewWithDomain(nc, domain, opts...)
 	}
-	return jetstream.New(nc)
+	return jetstream.New(nc, opts...)
 }
 
 // Addr is the bound client address.

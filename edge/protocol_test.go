@@ -1,15 +1,21 @@
 package edge_test
 
 import (
+	"context"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/chatd-io/chatd/edge"
 	"github.com/chatd-io/chatd/internal/chattest"
+	"github.com/chatd-io/chatd/internal/proto"
 )
 
 type M = map[string]any
@@ -511,4 +517,69 @@ func TestLoginStormAgainstRegistry(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// After logins and logouts racing one another, the session registry holds
+// a key for exactly the users still logged in: a user's put and delete
+// reach the bucket in the order they happened, acks or not.
+func TestRegistryMatchesSessions(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	const n, rounds = 8, 20
+	reg := chattest.Dial(t, addr)
+	for i := range n {
+		reg.Register(fmt.Sprint("r", i), "pw")
+	}
+	want := map[string]bool{}
+	var wg sync.WaitGroup
+	var clients []*chattest.Client
+	for i := range n {
+		cl := chattest.Dial(t, addr)
+		clients = append(clients, cl)
+		user := fmt.Sprint("r", i)
+		stayOn := i%2 == 0
+		if stayOn {
+			want[proto.Token(user)] = true
+		}
+		wg.Go(func() {
+			for r := range rounds {
+				cl.Send(M{"cmd": "login", "user": user, "password": "pw"})
+				if r < rounds-1 || !stayOn {
+					cl.Send(M{"cmd": "offline"})
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, cl := range clients {
+		cl.Sync()
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, err := jetstream.New(c.Conn("observer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, proto.SessionBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]bool
+	for ctx.Err() == nil { // logouts are not waited for: poll until they land
+		got = map[string]bool{}
+		keys, err := kv.ListKeysFiltered(ctx, "s.>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range keys.Keys() {
+			got[k[strings.LastIndexByte(k, '.')+1:]] = true
+		}
+		if maps.Equal(got, want) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("registry holds %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
 }

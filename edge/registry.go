@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/chatd-io/chatd/internal/proto"
@@ -21,8 +23,11 @@ import (
 // heartbeat deleted was given up for dead: it registers again and tells
 // its users' friends they are back.
 //
-// Writes go through one goroutine so that a user's put and delete stay in
-// order; they are off the login path, which never waits for them.
+// Writes are published by one goroutine, so that a user's put and delete
+// reach the stream in order, but without waiting for each ack: at a login
+// storm a write-then-wait loop was the bottleneck (one JetStream round
+// trip per login and per logout, in series). A second goroutine collects
+// the acks in order and answers the login that waits for its own.
 
 type regOp struct {
 	user string
@@ -30,18 +35,45 @@ type regOp struct {
 	done chan error // for a caller that waits; nil otherwise
 }
 
+// regAck is a published write waiting for its ack.
+type regAck struct {
+	op  regOp
+	fut jetstream.PubAckFuture
+}
+
+// pendingAcks bounds the writes in flight; past it publishing waits.
+const pendingAcks = 1024
+
 type registry struct {
 	e       *Edge
 	ops     chan regOp
+	acks    chan regAck
 	stopped chan struct{} // closed when run returns
 	lost    atomic.Bool   // an op did not fit in the queue
-	kv      jetstream.KeyValue
-	rev     uint64 // revision of our heartbeat key; 0 when not registered
-	dirty   bool   // a write failed: rewrite every key at the next beat
+	// failed counts writes that did not land; synced is its value when
+	// the last full rewrite began. They differ while a key may be wrong.
+	failed atomic.Uint64
+	synced uint64
+	kv     jetstream.KeyValue
+	pub    jetstream.JetStream // async writes, with their own ack bound
+	pre    string              // subject prefix of the bucket's keys
+	rev    uint64              // revision of our heartbeat key; 0 when not registered
 }
 
-func newRegistry(e *Edge) *registry {
-	return &registry{e: e, ops: make(chan regOp, 4096), stopped: make(chan struct{})}
+func newRegistry(e *Edge) (*registry, error) {
+	pub, err := newJetStream(e.nc, e.opts.JetStreamDomain,
+		jetstream.WithPublishAsyncMaxPending(pendingAcks),
+		jetstream.WithPublishAsyncTimeout(e.opts.RequestTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("session registry: %w", err)
+	}
+	// The subject a KeyValue.Put uses for a bucket that is not a mirror.
+	pre := "$KV." + proto.SessionBucket + "."
+	if d := e.opts.JetStreamDomain; d != "" {
+		pre = "$JS." + d + ".API." + pre
+	}
+	return &registry{e: e, ops: make(chan regOp, 4096), acks: make(chan regAck, pendingAcks),
+		stopped: make(chan struct{}), pub: pub, pre: pre}, nil
 }
 
 // record queues a change; if the queue is full the next beat rewrites
@@ -79,13 +111,16 @@ func (r *registry) put(ctx context.Context, user string) error {
 func (r *registry) run() {
 	defer r.e.wg.Done()
 	defer close(r.stopped)
+	acked := make(chan struct{})
+	go r.collect(acked)
+	defer func() { close(r.acks); <-acked }()
 	tick := time.NewTicker(r.e.opts.Heartbeat)
 	defer tick.Stop()
 	r.beat()
 	for {
 		select {
 		case op := <-r.ops:
-			r.apply(op)
+			r.publish(op)
 		case <-tick.C:
 			r.beat()
 		case <-r.e.closing:
@@ -99,34 +134,47 @@ func (r *registry) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), r.e.opts.RequestTimeout)
 }
 
-func (r *registry) apply(op regOp) {
-	start := time.Now()
-	err := r.write(op)
-	if d := time.Since(start); d > time.Second {
-		r.e.log.Warn("slow session registry write", "user", op.user, "add", op.add, "took", d, "err", err)
+// publish sends op's write and hands its ack to collect.
+func (r *registry) publish(op regOp) {
+	if r.rev == 0 {
+		r.finish(op, errors.New("not registered yet")) // the next beat writes every key
+		return
 	}
+	m := nats.NewMsg(r.pre + proto.SessionKey(r.e.id, op.user))
+	if !op.add {
+		m.Header.Set("KV-Operation", "DEL") // what KeyValue.Delete sends
+	}
+	fut, err := r.pub.PublishMsgAsync(m)
 	if err != nil {
-		r.dirty = true
+		r.finish(op, err)
+		return
+	}
+	r.acks <- regAck{op: op, fut: fut}
+}
+
+// collect waits for the acks in the order the writes went out, which is
+// about the order they come back in.
+func (r *registry) collect(done chan<- struct{}) {
+	defer close(done)
+	for a := range r.acks {
+		select {
+		case <-a.fut.Ok():
+			r.finish(a.op, nil)
+		case err := <-a.fut.Err():
+			r.finish(a.op, err)
+		}
+	}
+}
+
+func (r *registry) finish(op regOp, err error) {
+	if err != nil {
+		r.failed.Add(1)
 	}
 	if op.done != nil {
 		op.done <- err
 	} else if err != nil {
-		r.e.log.Warn("session registry write failed", "user", op.user, "err", err)
+		r.e.log.Warn("session registry write failed", "user", op.user, "add", op.add, "err", err)
 	}
-}
-
-func (r *registry) write(op regOp) error {
-	if r.rev == 0 {
-		return errors.New("not registered yet") // the next beat writes every key
-	}
-	ctx, cancel := r.ctx()
-	defer cancel()
-	key := proto.SessionKey(r.e.id, op.user)
-	if op.add {
-		_, err := r.kv.Put(ctx, key, nil)
-		return err
-	}
-	return r.kv.Delete(ctx, key)
 }
 
 // beat refreshes the heartbeat, and registers from scratch when there is
@@ -161,7 +209,7 @@ func (r *registry) beat() {
 		switch {
 		case err == nil:
 			r.rev = rev
-			if r.dirty || r.lost.Swap(false) {
+			if r.failed.Load() != r.synced || r.lost.Swap(false) {
 				r.sync(ctx)
 			}
 			return
@@ -188,7 +236,7 @@ func (r *registry) beat() {
 // sync makes the bucket hold exactly one key per local user.
 func (r *registry) sync(ctx context.Context) {
 	r.lost.Store(false)
-	r.dirty = true
+	failed := r.failed.Load()
 	want := map[string]bool{}
 	for _, user := range r.e.localUsers() {
 		want[proto.SessionKey(r.e.id, user)] = true
@@ -206,7 +254,7 @@ func (r *registry) sync(ctx context.Context) {
 			return
 		}
 	}
-	r.dirty = false
+	r.synced = failed
 }
 
 // rejoin tells the friends of every local user that the user is online
