@@ -465,7 +465,7 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 	firstAnywhere = !e.held(ctx, user)
 	sub, err := e.nc.ChanSubscribe(proto.UserSubject(user), e.deliveries)
 	if err == nil {
-		err = e.nc.FlushTimeout(max(deadline.Remaining(ctx, e.opts.RequestTimeout), time.Millisecond))
+		err = e.settle(ctx, user)
 	}
 	e.mu.Lock()
 	if err != nil {
@@ -475,25 +475,38 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 		delete(u.sessions, c)
 		if e.users[user] == u && len(u.sessions) == 0 {
 			e.forgetUser(u)
+			e.registry.record(user, false)
 		}
 		e.mu.Unlock()
 		return false, fmt.Errorf("subscribe for %s: %w", user, err)
 	}
 	if e.users[user] != u {
-		// Every session ended while we subscribed.
+		// Every session ended while we subscribed; unbind saw no
+		// subscription, so the key is ours to remove.
+		e.registry.record(user, false)
 		e.mu.Unlock()
 		_ = sub.Unsubscribe()
 		return firstAnywhere, nil
 	}
 	u.sub = sub
 	e.mu.Unlock()
-	// Recorded before the login is answered, and so before friends hear
-	// of it: if this edge dies a moment later, the workers know whose
-	// friends to tell. Not under e.mu: the registry takes it too.
-	if err := e.registry.put(ctx, user); err != nil {
-		e.log.Warn("session registry write failed", "user", user, "err", err)
-	}
 	return firstAnywhere, nil
+}
+
+// settle records user in the session registry and makes sure the server
+// has the user's new subscription. The record comes before the login is
+// answered, and so before friends hear of it: if this edge dies a moment
+// later, the workers know whose friends to tell. Its ack also proves the
+// subscription, since the server takes a connection's commands in order;
+// only when the write fails does a flush (one more round trip) do that.
+// Not under e.mu: the registry takes it too.
+func (e *Edge) settle(ctx context.Context, user string) error {
+	err := e.registry.put(ctx, user)
+	if err == nil {
+		return nil
+	}
+	e.log.Warn("session registry write failed", "user", user, "err", err)
+	return e.nc.FlushTimeout(max(deadline.Remaining(ctx, e.opts.RequestTimeout), time.Millisecond))
 }
 
 // unbind removes c from user's sessions and reports whether that was the
