@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -59,6 +60,7 @@ func main() {
 // common holds the flags every scenario takes.
 type common struct {
 	addr, addr2, prefix, password, jsonPath, svgPath, logLevel, pids string
+	cpuProfile                                                       string
 	warmup, duration, timeout, setupTimeout                          time.Duration
 	setupConc                                                        int
 }
@@ -82,6 +84,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.password, "password", "chatbench-pw", "password of the generated users")
 	fs.IntVar(&c.setupConc, "setup-concurrency", 16, "connections used for setup (registration costs the server a bcrypt hash)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "diagnostics level: debug, info, warn, error")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write the generator's own CPU profile to this file (go tool pprof)")
 }
 
 // runner runs a scenario; show prints a summary as soon as it is known.
@@ -216,6 +219,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	env.Log.Debug("starting", "scenario", name, "addr", env.Addr, "addr2", env.Addr2, "pids", env.PIDs, "prefix", env.Prefix)
+	if c.cpuProfile != "" {
+		stopProfile, err := startCPUProfile(c.cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "chatbench %s: %v\n", name, err)
+			return 2
+		}
+		defer stopProfile()
+	}
 
 	started := time.Now()
 	results, runErr := scenario(ctx, env, func(r *bench.Result) {
@@ -348,4 +359,21 @@ func writeSVG(path, title string, series []bench.Series) error {
 		return err
 	}
 	return f.Close()
+}
+
+// startCPUProfile profiles the generator itself: on one machine it shares
+// the cores with the server, so its cost bounds what the server can show.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
