@@ -26,6 +26,7 @@ import (
 
 	"github.com/chatd-io/chatd/internal/deadline"
 	"github.com/chatd-io/chatd/internal/metrics"
+	"github.com/chatd-io/chatd/internal/probe"
 	"github.com/chatd-io/chatd/internal/proto"
 )
 
@@ -567,16 +568,11 @@ func (e *Edge) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
 	}
 }
 
-// held asks whether any edge holds a session of user. "No responders" is
-// NATS telling us nobody subscribes to the user's subject; an edge that is
-// there but slow still counts as holding.
+// held asks whether any edge holds a session of user. An edge that is
+// there but does not answer still counts as holding.
 func (e *Edge) held(ctx context.Context, user string) bool {
-	m := nats.NewMsg(proto.UserSubject(user))
-	m.Header.Set(proto.HdrKind, proto.KindProbe)
-	// A timeout rather than a context: the client pools its timers.
-	wait := min(e.opts.ProbeTimeout, deadline.Remaining(ctx, e.opts.ProbeTimeout))
-	_, err := e.nc.RequestMsg(m, max(wait, time.Millisecond))
-	return !errors.Is(err, nats.ErrNoResponders)
+	a, err := probe.Ask(ctx, e.nc, user, e.opts.ProbeTimeout)
+	return err != nil || a.Held
 }
 
 // forgetUser removes an entry; the caller holds e.mu.
@@ -670,6 +666,14 @@ func (e *Edge) deliver(m *nats.Msg) {
 	held := u != nil && len(u.sessions) > 0
 	e.mu.Unlock()
 	if !held {
+		if kind == proto.KindProbe && m.Reply != "" {
+			// The user's last session here has ended and the unsubscribe
+			// is on its way: say so, rather than keep the asker waiting
+			// for an answer that never comes.
+			r := nats.NewMsg(m.Reply)
+			r.Header.Set(proto.HdrGone, "1")
+			_ = m.RespondMsg(r)
+		}
 		return
 	}
 	switch kind {

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/chatd-io/chatd/internal/probe"
 	"github.com/chatd-io/chatd/internal/proto"
 )
 
@@ -71,18 +72,11 @@ func (w *Worker) sendFile(ctx context.Context, c *call) ([]byte, error) {
 // holder returns the ID of an edge holding a session of user, or "" when
 // nobody does.
 func (w *Worker) holder(ctx context.Context, user string) (string, error) {
-	m := nats.NewMsg(proto.UserSubject(user))
-	m.Header.Set(proto.HdrKind, proto.KindProbe)
-	pctx, cancel := context.WithTimeout(ctx, w.opts.DeliverTimeout)
-	defer cancel()
-	reply, err := w.nc.RequestMsgWithContext(pctx, m)
-	switch {
-	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, context.DeadlineExceeded):
+	a, err := probe.Ask(ctx, w.nc, user, w.opts.DeliverTimeout)
+	if errors.Is(err, probe.ErrNoAnswer) || errors.Is(err, context.DeadlineExceeded) {
 		return "", nil
-	case err != nil:
-		return "", fmt.Errorf("probe %s: %w", user, err)
 	}
-	return reply.Header.Get(proto.HdrEdge), nil
+	return a.Edge, err
 }
 
 // offer hands the offer to an edge, which answers once it has a port for

@@ -502,3 +502,46 @@ func TestTopologyEdgeKilledMidTransfer(t *testing.T) {
 		t.Fatalf("sender got %s", m.Raw)
 	}
 }
+
+// Two brokers in a cluster, an edge on each: a user leaving both edges
+// at once is announced offline every time. Each edge asks, once its own
+// subscription is gone, whether the other still holds the user; while the
+// brokers still tell each other about those subscriptions, a probe can be
+// routed to a subscription that is no longer there and go unanswered.
+func TestTopologyLeavingTwoBrokersAtOnce(t *testing.T) {
+	routes := []string{freeAddr(t), freeAddr(t)}
+	var urls []string
+	for i := range 2 {
+		br := startBroker(t, "--name", fmt.Sprint("n", i), "--cluster-listen", routes[i],
+			"--routes", "nats://"+strings.Join(routes, ",nats://"))
+		urls = append(urls, br.ready["nats"])
+	}
+	startWorker(t, urls[0], "w1")
+	e1, e2 := startEdge(t, urls[0], "e1"), startEdge(t, urls[1], "e2")
+	alice := client(t, e1, "alice", true)
+	bob1 := client(t, e1, "bob", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	for range 20 {
+		bob2 := client(t, e2, "bob", false)
+		alice.Sync()
+		var wg sync.WaitGroup
+		for _, cl := range []*chattest.Client{bob1, bob2} {
+			wg.Go(func() { cl.Send(M{"cmd": "offline"}) })
+		}
+		wg.Wait()
+		bob1.Want("offline_reply")
+		bob2.Want("offline_reply")
+		if m := alice.Want("friend_offline"); m.Str("friend") != "bob" {
+			t.Fatalf("got %s", m.Raw)
+		}
+		bob1.Login("bob", "pw")
+		if m := alice.Want("friend_login"); m.Str("friend") != "bob" {
+			t.Fatalf("got %s", m.Raw)
+		}
+		for _, m := range alice.Pending() { // a repeat, when each saw the other gone
+			if m.Str("cmd") != "friend_offline" {
+				t.Fatalf("unexpected %s", m.Raw)
+			}
+		}
+	}
+}

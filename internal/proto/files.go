@@ -28,6 +28,9 @@ const (
 const (
 	// HdrEdge names the edge that sent a request or answered a probe.
 	HdrEdge = "Chat-Edge"
+	// HdrGone on the answer to a probe says the edge has just let the
+	// user go: its subscription is on its way out.
+	HdrGone = "Chat-Gone"
 	// HdrTransfer carries a transfer's ID.
 	HdrTransfer = "Chat-Transfer"
 	// HdrOffline on a send_file request says the client accepts storing
