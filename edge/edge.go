@@ -217,6 +217,9 @@ func New(opts Options) (*Edge, error) {
 		transfers:  make(map[*transfer]struct{}),
 		closing:    make(chan struct{}),
 	}
+	if e.registry, err = newRegistry(e); err != nil {
+		return nil, err
+	}
 	e.metrics = newEdgeMetrics(opts.Metrics, e)
 	if opts.FilePortLo > 0 {
 		e.files = &portRange{lo: opts.FilePortLo, hi: opts.FilePortHi}
@@ -225,10 +228,6 @@ func New(opts Options) (*Edge, error) {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	if err := e.addService(); err != nil {
-		_ = e.ln.Close()
-		return nil, err
-	}
-	if e.registry, err = newRegistry(e); err != nil {
 		_ = e.ln.Close()
 		return nil, err
 	}

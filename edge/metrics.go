@@ -39,6 +39,9 @@ func newEdgeMetrics(reg *metrics.Registry, e *Edge) *edgeMetrics {
 		defer e.mu.Unlock()
 		return float64(len(e.transfers))
 	})
+	reg.NewCounterFunc("chatd_edge_registry_write_failures_total",
+		"Session-registry writes that failed or found the queue full; the next heartbeat rewrites this edge's keys.",
+		func() float64 { return float64(e.registry.failed.Load()) })
 	reg.NewCounterFunc("chatd_edge_nats_reconnects_total", "Times the edge's NATS connection was re-established.", func() float64 {
 		return float64(e.nc.Stats().Reconnects)
 	})

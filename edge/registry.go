@@ -49,9 +49,9 @@ type registry struct {
 	ops     chan regOp
 	acks    chan regAck
 	stopped chan struct{} // closed when run returns
-	lost    atomic.Bool   // an op did not fit in the queue
-	// failed counts writes that did not land; synced is its value when
-	// the last full rewrite began. They differ while a key may be wrong.
+	// failed counts writes that did not land or did not fit in the
+	// queue; synced is its value when the last full rewrite began. They
+	// differ while a key may be wrong.
 	failed atomic.Uint64
 	synced uint64
 	kv     jetstream.KeyValue
@@ -82,7 +82,7 @@ func (r *registry) record(user string, add bool) {
 	select {
 	case r.ops <- regOp{user: user, add: add}:
 	default:
-		r.lost.Store(true)
+		r.failed.Add(1)
 	}
 }
 
@@ -93,7 +93,7 @@ func (r *registry) put(ctx context.Context, user string) error {
 	select {
 	case r.ops <- op:
 	case <-ctx.Done():
-		r.lost.Store(true)
+		r.failed.Add(1)
 		return ctx.Err()
 	case <-r.stopped:
 		return net.ErrClosed
@@ -209,7 +209,7 @@ func (r *registry) beat() {
 		switch {
 		case err == nil:
 			r.rev = rev
-			if r.failed.Load() != r.synced || r.lost.Swap(false) {
+			if r.failed.Load() != r.synced {
 				r.sync(ctx)
 			}
 			return
@@ -235,7 +235,6 @@ func (r *registry) beat() {
 
 // sync makes the bucket hold exactly one key per local user.
 func (r *registry) sync(ctx context.Context) {
-	r.lost.Store(false)
 	failed := r.failed.Load()
 	want := map[string]bool{}
 	for _, user := range r.e.localUsers() {
