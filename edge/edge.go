@@ -475,15 +475,14 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 		delete(u.sessions, c)
 		if e.users[user] == u && len(u.sessions) == 0 {
 			e.forgetUser(u)
-			e.registry.record(user, false)
 		}
+		e.forgetKey(user)
 		e.mu.Unlock()
 		return false, fmt.Errorf("subscribe for %s: %w", user, err)
 	}
 	if e.users[user] != u {
-		// Every session ended while we subscribed; unbind saw no
-		// subscription, so the key is ours to remove.
-		e.registry.record(user, false)
+		// Every session ended while we subscribed.
+		e.forgetKey(user)
 		e.mu.Unlock()
 		_ = sub.Unsubscribe()
 		return firstAnywhere, nil
@@ -491,6 +490,15 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 	u.sub = sub
 	e.mu.Unlock()
 	return firstAnywhere, nil
+}
+
+// forgetKey removes user's registry key, which settle may have written,
+// unless a newer login of the user here has it. unbind removes the key
+// only with the subscription, and it found none. The caller holds e.mu.
+func (e *Edge) forgetKey(user string) {
+	if e.users[user] == nil {
+		e.registry.record(user, false)
+	}
 }
 
 // settle records user in the session registry and makes sure the server
