@@ -53,6 +53,9 @@ func Ask(ctx context.Context, nc *nats.Conn, user string, maxWait time.Duration)
 			if time.Until(end) <= 0 {
 				return Answer{}, fmt.Errorf("probe %s: %w", user, ErrNoAnswer)
 			}
+			if err := ctx.Err(); err != nil { // checked only here: it may cost ctx a timer
+				return Answer{}, fmt.Errorf("probe %s: %w", user, err)
+			}
 			continue
 		case err != nil:
 			return Answer{}, fmt.Errorf("probe %s: %w", user, err)
