@@ -113,6 +113,7 @@ if want go; then
 	go test -run XXX -bench 'Reads' -benchmem ./storage | tee -a "$out/summary.txt"
 	go test -run XXX -bench 'PrivateChat|GroupFanOut' -benchmem ./edge | tee -a "$out/summary.txt"
 	go test -run XXX -bench 'VerifyParallel' ./internal/passwd | tee -a "$out/summary.txt"
+	go test -run XXX -bench Dispatch -benchmem ./workers | tee -a "$out/summary.txt"
 	go test -run XXX -bench CatchUp -benchtime 1000000x ./workers | tee -a "$out/summary.txt"
 fi
 echo "results in $out"
