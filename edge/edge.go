@@ -171,6 +171,7 @@ type Edge struct {
 	transfers map[*transfer]struct{}
 	serial    uint64 // orders sessions by login, newest highest
 	registry  *registry
+	replies   *replies
 	metrics   *edgeMetrics
 	poller    *poller // nil where idle connections cannot be parked
 
@@ -230,6 +231,11 @@ func New(opts Options) (*Edge, error) {
 	if err := e.addService(); err != nil {
 		_ = e.ln.Close()
 		return nil, err
+	}
+	if e.replies, err = newReplies(opts.Conn); err != nil {
+		_ = e.ln.Close()
+		_ = e.svc.Stop()
+		return nil, fmt.Errorf("edge: %w", err)
 	}
 	e.wg.Add(2)
 	go e.dispatch()
@@ -390,6 +396,7 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("edge: shutdown: %w", ctx.Err())
 	}
+	e.replies.close()
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
@@ -561,7 +568,7 @@ func (e *Edge) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
 		if left <= 0 {
 			return nil, last
 		}
-		reply, err := e.nc.RequestMsg(m, left)
+		reply, err := e.replies.request(m, left)
 		if !errors.Is(err, nats.ErrNoResponders) {
 			return reply, err
 		}
@@ -736,7 +743,10 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 	e.metrics.delivered(m.Data, n)
 	switch {
 	case handedOff:
-		_ = e.nc.Publish(target, proto.Result("private_chat", "success", "user_to", name))
+		ack := proto.Result("private_chat", "success", "user_to", name)
+		if !e.replies.local(target, ack) {
+			_ = e.nc.Publish(target, ack)
+		}
 	case m.Reply != "":
 		_ = m.Respond(nil)
 	}

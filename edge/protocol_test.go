@@ -583,3 +583,31 @@ func TestRegistryMatchesSessions(t *testing.T) {
 	}
 	t.Fatalf("registry holds %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
 }
+
+// A private message sent while no worker is up waits for one (a rolling
+// restart), and a worker that answers it confirms delivery whether the
+// recipient is on the sender's edge or another.
+func TestPrivateChatWaitsForAWorker(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	dir := t.TempDir()
+	w := c.StartWorker(dir)
+	addr1, addr2 := c.StartEdge().Addr().String(), c.StartEdge().Addr().String()
+	cls := users(t, addr1, "alice", "bob")
+	alice, bob := cls[0], cls[1]
+	bob2 := chattest.Dial(t, addr2)
+	bob2.Login("bob", "pw-bob")
+	befriend(t, alice, bob, "bob")
+
+	w.Stop()
+	alice.Send(M{"cmd": "private_chat", "user_to": "bob", "text": "anyone?"})
+	time.Sleep(300 * time.Millisecond) // the edge is asking again meanwhile
+	c.StartWorker(dir)
+	if m := alice.Want("private_chat_reply"); m.Str("result") != "success" {
+		t.Fatalf("got %s", m.Raw)
+	}
+	for _, cl := range []*chattest.Client{bob, bob2} {
+		if m := cl.Want("private_chat"); m.Str("text") != "anyone?" {
+			t.Fatalf("got %s", m.Raw)
+		}
+	}
+}
