@@ -32,9 +32,9 @@ func newReplies(nc *nats.Conn) (*replies, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Replies are small and the handler never blocks: a burst waits here
-	// rather than being dropped as a slow consumer.
-	_ = sub.SetPendingLimits(-1, -1)
+	// Replies are small and the handler never blocks: room for a burst
+	// as large as the deliveries channel's, rather than the default.
+	_ = sub.SetPendingLimits(1<<16, 64<<20)
 	r.sub = sub
 	return r, nil
 }
