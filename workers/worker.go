@@ -132,7 +132,11 @@ type Worker struct {
 	inflight chan struct{}      // semaphore for handlers
 	hashing  chan struct{}      // semaphore for password hashing, which is all CPU
 	wg       sync.WaitGroup
-	ready    atomic.Bool
+	// gate is held shared while a request is admitted; Close takes it
+	// to set shut, after which requests are refused.
+	gate  sync.RWMutex
+	shut  bool
+	ready atomic.Bool
 }
 
 // Service name and queue group visible to `nats micro ls`.
@@ -348,6 +352,12 @@ func (w *Worker) Store() storage.Store { return w.store }
 // ctx), stops applying events and closes the store.
 func (w *Worker) Close(ctx context.Context) error {
 	w.ready.Store(false)
+	// Requests the server routed here before it took the unsubscribe
+	// still arrive after Stop returns: refused from now on, not served
+	// from a store being closed.
+	w.gate.Lock()
+	w.shut = true
+	w.gate.Unlock()
 	var errs []error
 	if w.svc != nil {
 		errs = append(errs, w.svc.Stop())
@@ -413,16 +423,34 @@ type quickHandler func(c *call) bool
 // no waiting, that saves starting and scheduling one per request.
 func (w *Worker) endpoint(cmd string, h handler, quick quickHandler) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
+		if !w.enter() {
+			// Closing, the store about to go: "no responders" makes the
+			// edge ask again, and another worker answers.
+			_ = req.Respond(nil, micro.WithHeaders(micro.Headers{"Status": {"503"}}))
+			return
+		}
 		if quick != nil && w.tryQuick(req, cmd, quick) {
+			w.wg.Done()
 			return
 		}
 		w.inflight <- struct{}{}
-		w.wg.Add(1)
 		go func() {
 			defer func() { <-w.inflight; w.wg.Done() }()
 			w.serve(req, cmd, h)
 		}()
 	})
+}
+
+// enter admits a request unless the worker is closing; an admitted
+// request counts in wg until it is answered, and Close waits for it.
+func (w *Worker) enter() bool {
+	w.gate.RLock()
+	defer w.gate.RUnlock()
+	if w.shut {
+		return false
+	}
+	w.wg.Add(1)
+	return true
 }
 
 // newCall reads a request's headers; seen is the session's log position.

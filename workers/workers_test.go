@@ -401,3 +401,44 @@ func TestInboxDoneRemovesOnlyTheUsersOwn(t *testing.T) {
 		t.Fatalf("got %s", m.Raw)
 	}
 }
+
+// A worker closing under traffic: requests routed to it before it left
+// the queue group are refused as "no responders" rather than served from
+// a store being closed, and the edge asks the other worker.
+func TestWorkerClosingUnderTraffic(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	first := c.StartWorker("")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	alice := chattest.Dial(t, addr)
+	alice.Register("alice", "pw")
+	alice.Login("alice", "pw")
+	alice.Expect(M{"cmd": "create_group", "group": "g"}, "success")
+	stopped := make(chan struct{})
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		first.Stop()
+		close(stopped)
+	}()
+	// 16 requests in flight until the worker has stopped, and 200 more.
+	ask := func() { alice.Send(M{"cmd": "get_group_member", "group": "g"}) }
+	sent, after := 16, 0
+	for range sent {
+		ask()
+	}
+	for got := 0; got < sent; got++ {
+		if m := alice.Want("get_group_member_reply"); m.Str("result") != "success" {
+			t.Fatalf("reply %d: %s", got, m.Raw)
+		}
+		select {
+		case <-stopped:
+			if after == 200 {
+				continue
+			}
+			after++
+		default:
+		}
+		ask()
+		sent++
+	}
+}
