@@ -141,11 +141,18 @@ func TestUniquenessIsDecidedByTheLog(t *testing.T) {
 	}
 }
 
-func TestWorkerKilledMidTraffic(t *testing.T) {
+// twoWorkers starts a broker, two workers and an edge; it returns the
+// first worker and the edge's address.
+func twoWorkers(t *testing.T) (*chattest.Worker, string) {
+	t.Helper()
 	c := chattest.StartBroker(t, "")
-	victim := c.StartWorker("")
+	first := c.StartWorker("")
 	c.StartWorker("")
-	addr := c.StartEdge().Addr().String()
+	return first, c.StartEdge().Addr().String()
+}
+
+func TestWorkerKilledMidTraffic(t *testing.T) {
+	victim, addr := twoWorkers(t)
 	reg := chattest.Dial(t, addr)
 	reg.Register("alice", "pw")
 	reg.Register("bob", "pw")
@@ -406,10 +413,7 @@ func TestInboxDoneRemovesOnlyTheUsersOwn(t *testing.T) {
 // the queue group are refused as "no responders" rather than served from
 // a store being closed, and the edge asks the other worker.
 func TestWorkerClosingUnderTraffic(t *testing.T) {
-	c := chattest.StartBroker(t, "")
-	first := c.StartWorker("")
-	c.StartWorker("")
-	addr := c.StartEdge().Addr().String()
+	first, addr := twoWorkers(t)
 	alice := chattest.Dial(t, addr)
 	alice.Register("alice", "pw")
 	alice.Login("alice", "pw")
