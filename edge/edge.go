@@ -454,8 +454,8 @@ func (e *Edge) forget(c *conn) {
 // bind adds c to user's sessions. For the user's first session on this
 // edge it asks whether any other edge holds the user (to know whether this
 // is the user's first session anywhere) and subscribes to the user's
-// subject; the subscription is flushed before returning so that a
-// delivery published after the login reply cannot miss it.
+// subject; the server has the subscription before this returns (settle),
+// so that a delivery published after the login reply cannot miss it.
 func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bool, err error) {
 	e.mu.Lock()
 	e.serial++
