@@ -10,8 +10,10 @@ import (
 
 // inbox keeps messages for offline users in a JetStream stream, one subject
 // per user, so that any worker can store them and any worker can hand them
-// out. Handing out is a claim: a message is delivered by whoever deletes
-// it, which makes delivery exactly-once even when two logins race.
+// out. Edges peek and remove what they have written (at least once: an
+// edge dying in between leaves the messages for the next fetch); an edge
+// that asks without peeking gets a claim, where whoever deletes a message
+// delivers it.
 type inbox struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
@@ -27,30 +29,19 @@ func (ib *inbox) put(ctx context.Context, user string, msg []byte) error {
 // claim removes and returns up to max waiting messages for user, oldest
 // first, and reports whether more remain.
 func (ib *inbox) claim(ctx context.Context, user string, max int) ([][]byte, bool, error) {
-	subj := inboxSubject(user)
 	var out [][]byte
-	seq := uint64(1)
-	for {
-		m, err := ib.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return out, false, nil
-		}
-		if err != nil {
-			return out, false, fmt.Errorf("read offline messages: %w", err)
-		}
-		if len(out) == max {
-			return out, true, nil
-		}
-		seq = m.Sequence + 1
-		err = ib.stream.DeleteMsg(ctx, m.Sequence)
+	more, err := ib.scan(ctx, user, max, func(m *jetstream.RawStreamMsg) (bool, error) {
+		err := ib.stream.DeleteMsg(ctx, m.Sequence)
 		if alreadyGone(err) {
-			continue // another worker claimed it
+			return false, nil // another worker claimed it
 		}
 		if err != nil {
-			return out, false, fmt.Errorf("claim offline message: %w", err)
+			return false, fmt.Errorf("claim offline message: %w", err)
 		}
 		out = append(out, m.Data)
-	}
+		return true, nil
+	})
+	return out, more, err
 }
 
 // peek returns up to max waiting messages for user, oldest first, with
@@ -58,21 +49,37 @@ func (ib *inbox) claim(ctx context.Context, user string, max int) ([][]byte, boo
 // the edge removes them (remove) once it has written them, so a message
 // whose edge dies before that is handed out again.
 func (ib *inbox) peek(ctx context.Context, user string, max int) (msgs [][]byte, seqs []uint64, more bool, err error) {
+	more, err = ib.scan(ctx, user, max, func(m *jetstream.RawStreamMsg) (bool, error) {
+		msgs, seqs = append(msgs, m.Data), append(seqs, m.Sequence)
+		return true, nil
+	})
+	return msgs, seqs, more, err
+}
+
+// scan offers user's waiting messages to take, oldest first, until take
+// has accepted max of them, and reports whether more remain.
+func (ib *inbox) scan(ctx context.Context, user string, max int, take func(*jetstream.RawStreamMsg) (bool, error)) (bool, error) {
 	subj := inboxSubject(user)
-	seq := uint64(1)
-	for {
+	taken := 0
+	for seq := uint64(1); ; {
 		m, err := ib.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return msgs, seqs, false, nil
+			return false, nil
 		}
 		if err != nil {
-			return msgs, seqs, false, fmt.Errorf("read offline messages: %w", err)
+			return false, fmt.Errorf("read offline messages: %w", err)
 		}
-		if len(msgs) == max {
-			return msgs, seqs, true, nil
+		if taken == max {
+			return true, nil
 		}
-		msgs, seqs = append(msgs, m.Data), append(seqs, m.Sequence)
 		seq = m.Sequence + 1
+		ok, err := take(m)
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			taken++
+		}
 	}
 }
 
