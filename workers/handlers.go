@@ -283,11 +283,9 @@ func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
 	}
 	msg := privateMessage(c.user, to, text, c.msgID)
 	if c.keep {
-		if err := w.inbox.put(ctx, to, msg); err != nil {
+		if err := w.keep(ctx, to, msg); err != nil {
 			return nil, err
 		}
-		w.metrics.private.With("stored").Inc()
-		w.nudge(to) // fetched at once if the recipient is online after all
 		return result(c.cmd, "offline", "user_to", to), nil
 	}
 	if w.handOff(c, to, msg) {
@@ -298,7 +296,6 @@ func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
 		return nil, err
 	}
 	if !delivered {
-		w.metrics.private.With("stored").Inc()
 		return result(c.cmd, "offline", "user_to", to), nil
 	}
 	w.metrics.private.With("delivered").Inc()
@@ -521,9 +518,7 @@ func (w *Worker) notify(user string, seq uint64, msg []byte) {
 }
 
 // deliver hands msg to the user's sessions and waits for an edge to take
-// it. Nobody subscribed means offline: the message goes to the inbox, and
-// a nudge tells any session that logged in meanwhile to fetch it, which
-// closes the race between "offline" and a concurrent login.
+// it. Nobody subscribed means offline: the message is kept (keep).
 func (w *Worker) deliver(ctx context.Context, user string, msg []byte) (bool, error) {
 	m := &nats.Msg{Subject: proto.UserSubject(user), Data: msg}
 	// A timeout rather than a context: the client pools its timers.
@@ -537,11 +532,19 @@ func (w *Worker) deliver(ctx context.Context, user string, msg []byte) (bool, er
 		// rather than risk losing it.
 		w.log.Warn("delivery unconfirmed, storing", "user", user, "err", err)
 	}
+	return false, w.keep(ctx, user, msg)
+}
+
+// keep stores a private message for user and nudges any session that
+// logged in meanwhile to fetch it, which closes the race between
+// "offline" and a concurrent login.
+func (w *Worker) keep(ctx context.Context, user string, msg []byte) error {
 	if err := w.inbox.put(ctx, user, msg); err != nil {
-		return false, err
+		return err
 	}
+	w.metrics.private.With("stored").Inc()
 	w.nudge(user)
-	return false, nil
+	return nil
 }
 
 // nudge tells any session of user to fetch its stored messages.

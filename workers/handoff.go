@@ -232,12 +232,9 @@ func (h *handoffs) store(d handoff) {
 	ctx, cancel := context.WithTimeout(context.Background(), w.opts.DeliverTimeout+time.Second)
 	defer cancel()
 	answer := result("private_chat", "offline", "user_to", d.user)
-	if err := w.inbox.put(ctx, d.user, d.msg); err != nil {
+	if err := w.keep(ctx, d.user, d.msg); err != nil {
 		w.log.Error("storing a private message failed", "user", d.user, "err", err)
 		answer = result("private_chat", "internal_error", "user_to", d.user)
-	} else {
-		w.metrics.private.With("stored").Inc()
-		w.nudge(d.user)
 	}
 	if err := w.nc.Publish(d.reply, answer); err != nil {
 		w.log.Warn("answering a sender failed", "err", err)
