@@ -231,15 +231,13 @@ func (w *Worker) start(ctx context.Context) error {
 	w.log.Info("worker caught up with the log", "events", info.State.LastSeq, "took", time.Since(started).Round(time.Millisecond))
 	bg, stop := context.WithCancel(context.Background())
 	w.stop = stop
+	undo := func() { w.handoff.stop(); stop(); w.events.Stop() }
 	if err := w.handoff.start(bg); err != nil {
-		stop()
-		w.events.Stop()
+		undo()
 		return fmt.Errorf("workers: handoff subscription: %w", err)
 	}
 	if err := w.addService(); err != nil {
-		w.handoff.stop()
-		stop()
-		w.events.Stop()
+		undo()
 		return err
 	}
 	// The server must know the endpoints' subscriptions before anyone is
@@ -248,9 +246,7 @@ func (w *Worker) start(ctx context.Context) error {
 	defer cancel()
 	if err := w.nc.FlushWithContext(fctx); err != nil {
 		_ = w.svc.Stop()
-		w.handoff.stop()
-		stop()
-		w.events.Stop()
+		undo()
 		return fmt.Errorf("workers: flush: %w", err)
 	}
 	w.wg.Add(1)
