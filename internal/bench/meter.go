@@ -334,6 +334,7 @@ func (env *Env) sample() (*ProcSample, error) {
 			return nil, fmt.Errorf("--pid: %w", err)
 		}
 		sum.CPU += s.CPU
+		sum.Sys += s.Sys
 		sum.RSS += s.RSS
 	}
 	return &sum, nil

@@ -18,7 +18,11 @@ const clockTick = 10 * time.Millisecond
 // ProcSample is one reading of a process's resource use.
 type ProcSample struct {
 	CPU time.Duration // user + system time since the process started
-	RSS int64         // resident set size in bytes
+	// Sys is the system part of CPU: time in the kernel on the process's
+	// behalf. On loopback that includes much of the receiving side's
+	// work for what the process sends.
+	Sys time.Duration
+	RSS int64 // resident set size in bytes
 	// HWM is the highest RSS since the process started (VmHWM), 0 when
 	// the kernel does not say. When it rises between two samples, RSS
 	// reached it in between, however briefly.
@@ -56,7 +60,7 @@ func ReadProc(pid int) (ProcSample, error) {
 	if err != nil {
 		return ProcSample{}, fmt.Errorf("server process %d: %w", pid, err)
 	}
-	cpu, err := parseStat(stat)
+	cpu, sys, err := parseStat(stat)
 	if err != nil {
 		return ProcSample{}, fmt.Errorf("%sstat: %w", dir, err)
 	}
@@ -68,28 +72,28 @@ func ReadProc(pid int) (ProcSample, error) {
 	if err != nil {
 		return ProcSample{}, fmt.Errorf("%sstatus: %w", dir, err)
 	}
-	return ProcSample{CPU: cpu, RSS: rss, HWM: hwm}, nil
+	return ProcSample{CPU: cpu, Sys: sys, RSS: rss, HWM: hwm}, nil
 }
 
-// parseStat returns utime+stime from /proc/<pid>/stat. The command name in
-// field 2 is in parentheses and may itself contain spaces and ')', so the
-// fields are counted from the last ')'.
-func parseStat(b []byte) (time.Duration, error) {
+// parseStat returns utime+stime and stime from /proc/<pid>/stat. The
+// command name in field 2 is in parentheses and may itself contain spaces
+// and ')', so the fields are counted from the last ')'.
+func parseStat(b []byte) (cpu, sys time.Duration, err error) {
 	end := bytes.LastIndexByte(b, ')')
 	if end < 0 {
-		return 0, errors.New("no command name")
+		return 0, 0, errors.New("no command name")
 	}
 	f := bytes.Fields(b[end+1:])
 	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
 	if len(f) < 13 {
-		return 0, fmt.Errorf("only %d fields", len(f)+2)
+		return 0, 0, fmt.Errorf("only %d fields", len(f)+2)
 	}
 	utime, err1 := strconv.ParseUint(string(f[11]), 10, 63)
 	stime, err2 := strconv.ParseUint(string(f[12]), 10, 63)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("cpu times: %w", err)
+		return 0, 0, fmt.Errorf("cpu times: %w", err)
 	}
-	return time.Duration(utime+stime) * clockTick, nil
+	return time.Duration(utime+stime) * clockTick, time.Duration(stime) * clockTick, nil
 }
 
 // parseStatus returns VmRSS and VmHWM from /proc/<pid>/status in bytes.

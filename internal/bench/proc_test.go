@@ -13,19 +13,21 @@ func TestParseStat(t *testing.T) {
 	tests := []struct {
 		name    string
 		in      string
-		want    time.Duration
+		cpu     time.Duration
+		sys     time.Duration
 		wantErr bool
 	}{
-		{"plain", "1234 (chatd)" + rest, 1750 * time.Millisecond, false},
-		{"name with spaces and parens", "1234 (a) b (c))" + rest, 1750 * time.Millisecond, false},
-		{"no name", "1234 chatd" + rest, 0, true},
-		{"too short", "1234 (chatd) S 1 2 3", 0, true},
-		{"not numbers", "1234 (chatd) S 1 2 3 4 5 6 7 8 9 10 x y 0", 0, true},
+		{"plain", "1234 (chatd)" + rest, 1750 * time.Millisecond, 250 * time.Millisecond, false},
+		{"name with spaces and parens", "1234 (a) b (c))" + rest, 1750 * time.Millisecond, 250 * time.Millisecond, false},
+		{"no name", "1234 chatd" + rest, 0, 0, true},
+		{"too short", "1234 (chatd) S 1 2 3", 0, 0, true},
+		{"not numbers", "1234 (chatd) S 1 2 3 4 5 6 7 8 9 10 x y 0", 0, 0, true},
+		{"system time not a number", "1234 (chatd) S 1 2 3 4 5 6 7 8 9 10 150 y 0", 0, 0, true},
 	}
 	for _, tt := range tests {
-		got, err := parseStat([]byte(tt.in))
-		if (err != nil) != tt.wantErr || got != tt.want {
-			t.Errorf("%s: parseStat = %v, %v; want %v, error %v", tt.name, got, err, tt.want, tt.wantErr)
+		cpu, sys, err := parseStat([]byte(tt.in))
+		if (err != nil) != tt.wantErr || cpu != tt.cpu || sys != tt.sys {
+			t.Errorf("%s: parseStat = %v, %v, %v; want %v, %v, error %v", tt.name, cpu, sys, err, tt.cpu, tt.sys, tt.wantErr)
 		}
 	}
 }

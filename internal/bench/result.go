@@ -80,6 +80,10 @@ type ServerStats struct {
 	// PID is the process when there is only one (Procs lists them all).
 	PID        int     `json:"pid,omitempty"`
 	CPUSeconds float64 `json:"cpu_seconds"` // summed over the processes
+	// SysSeconds is the part of CPUSeconds spent in the kernel. On loopback
+	// the kernel does much of the receiving side's work on the sending
+	// CPU, so a server's socket writes carry some of the generator's cost.
+	SysSeconds float64 `json:"sys_seconds"`
 	// Cores is CPU seconds per wall second: 2 means two cores busy.
 	Cores float64 `json:"cores"`
 	// CPUPerUnitUs is server CPU microseconds per counted event.
@@ -108,6 +112,7 @@ func serverStats(procs []ProcStats, samples int, seconds float64) *ServerStats {
 	}
 	for _, p := range procs {
 		s.CPUSeconds += p.CPUSeconds
+		s.SysSeconds += p.SysSeconds
 		s.RSSBefore += p.RSSStart
 		s.RSSAfter += p.RSSEnd
 	}
@@ -120,14 +125,18 @@ func serverStats(procs []ProcStats, samples int, seconds float64) *ServerStats {
 }
 
 // text is the server part of a summary line, after what names it:
-// " cpu=…/msg (0.52 cores) rss=40.1MiB→41.0MiB rss peak growth=1.2MiB (pid 1234)".
+// " cpu=…/msg (0.52 cores, 40% kernel) rss=40.1MiB→41.0MiB rss peak growth=1.2MiB (pid 1234)".
 // With several processes RSS before→after is their sum.
 func (s *ServerStats) text(unit string) string {
 	var b strings.Builder
 	if s.CPUPerUnitUs > 0 {
 		fmt.Fprintf(&b, " cpu=%s/%s", fmtCPU(s.CPUPerUnitUs), unit)
 	}
-	fmt.Fprintf(&b, " (%.2f cores) rss=%s→%s", s.Cores, fmtMiB(s.RSSBefore), fmtMiB(s.RSSAfter))
+	fmt.Fprintf(&b, " (%.2f cores", s.Cores)
+	if s.CPUSeconds > 0 {
+		fmt.Fprintf(&b, ", %.0f%% kernel", 100*s.SysSeconds/s.CPUSeconds)
+	}
+	fmt.Fprintf(&b, ") rss=%s→%s", fmtMiB(s.RSSBefore), fmtMiB(s.RSSAfter))
 	if len(s.Procs) > 1 {
 		b.WriteString(" in all,")
 	}

@@ -13,6 +13,7 @@ const sampleEvery = 100 * time.Millisecond
 type ProcStats struct {
 	PID        int     `json:"pid"`
 	CPUSeconds float64 `json:"cpu_seconds"`
+	SysSeconds float64 `json:"sys_seconds"` // the part of CPUSeconds in the kernel
 	RSSStart   int64   `json:"rss_start_bytes"`
 	// RSSPeak is the highest RSS seen from start to end: sampled
 	// periodically, and VmHWM when that rose in the meantime (so a spike
@@ -110,6 +111,7 @@ func (w *procWatch) start() ProcSample {
 	}
 	for _, s := range w.first {
 		sum.CPU += s.CPU
+		sum.Sys += s.Sys
 		sum.RSS += s.RSS
 	}
 	return sum
@@ -132,7 +134,8 @@ func (w *procWatch) stop() ([]ProcStats, int, error) {
 	out := make([]ProcStats, len(w.pids))
 	for i, pid := range w.pids {
 		f, l := w.first[i], w.last[i]
-		out[i] = ProcStats{PID: pid, CPUSeconds: (l.CPU - f.CPU).Seconds(), RSSStart: f.RSS, RSSPeak: w.peak[i],
+		out[i] = ProcStats{PID: pid, CPUSeconds: (l.CPU - f.CPU).Seconds(),
+			SysSeconds: (l.Sys - f.Sys).Seconds(), RSSStart: f.RSS, RSSPeak: w.peak[i],
 			RSSEnd: l.RSS, RSSGrowth: w.peak[i] - f.RSS}
 	}
 	return out, w.samples, nil

@@ -255,7 +255,7 @@ func TestProcWatchSampler(t *testing.T) {
 
 func TestServerStats(t *testing.T) {
 	p := func(pid int, cpu float64, start, peak, end int64) ProcStats {
-		return ProcStats{PID: pid, CPUSeconds: cpu, RSSStart: start * mib, RSSPeak: peak * mib, RSSEnd: end * mib,
+		return ProcStats{PID: pid, CPUSeconds: cpu, SysSeconds: cpu / 4, RSSStart: start * mib, RSSPeak: peak * mib, RSSEnd: end * mib,
 			RSSGrowth: (peak - start) * mib}
 	}
 	tests := []struct {
@@ -270,17 +270,17 @@ func TestServerStats(t *testing.T) {
 			name:    "one process",
 			procs:   []ProcStats{p(1234, 1, 40, 46, 41)},
 			seconds: 2,
-			want: &ServerStats{PID: 1234, CPUSeconds: 1, Cores: 0.5, RSSBefore: 40 * mib, RSSAfter: 41 * mib,
+			want: &ServerStats{PID: 1234, CPUSeconds: 1, SysSeconds: 0.25, Cores: 0.5, RSSBefore: 40 * mib, RSSAfter: 41 * mib,
 				RSSPeakGrowth: 6 * mib, RSSPeakGrowthPID: 1234, RSSSamples: 5},
-			wantText: " (0.50 cores) rss=40.0MiB→41.0MiB rss peak growth=6.0MiB (pid 1234)",
+			wantText: " (0.50 cores, 25% kernel) rss=40.0MiB→41.0MiB rss peak growth=6.0MiB (pid 1234)",
 		},
 		{
 			name:    "several processes",
 			procs:   []ProcStats{p(1, 0.5, 10, 12, 11), p(2, 1, 100, 130, 101), p(3, 1.5, 50, 50, 49)},
 			seconds: 1,
-			want: &ServerStats{CPUSeconds: 3, Cores: 3, RSSBefore: 160 * mib, RSSAfter: 161 * mib,
+			want: &ServerStats{CPUSeconds: 3, SysSeconds: 0.75, Cores: 3, RSSBefore: 160 * mib, RSSAfter: 161 * mib,
 				RSSPeakGrowth: 30 * mib, RSSPeakGrowthPID: 2, RSSSamples: 5},
-			wantText: " (3.00 cores) rss=160.0MiB→161.0MiB in all, rss peak growth=30.0MiB (pid 2)",
+			wantText: " (3.00 cores, 25% kernel) rss=160.0MiB→161.0MiB in all, rss peak growth=30.0MiB (pid 2)",
 		},
 		{
 			name:     "no time measured",
