@@ -68,6 +68,9 @@ if want private; then
 	all private "${cheap[@]}"
 	# The raw NATS loop of the same shape right after, on the same chart.
 	bench private private --pairs 20 --window 1 --duration 20s --with-nats
+	# The same connections and window on ping and pong: the server's
+	# socket and framing work with nothing behind it.
+	bench ping ping --conns 20 --window 1 --duration 20s
 fi
 if want group; then
 	all group "${cheap[@]}"

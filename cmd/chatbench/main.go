@@ -38,10 +38,12 @@ Scenarios:
   idle      hold many logged-in idle connections; reports server RSS per connection
   files     concurrent send_file transfers relayed by the server;
             --count 1 for one huge transfer measured from start to end
+  ping      ping and pong on connections that never log in: the server's socket and
+            framing work alone, without NATS or workers, as a floor
   nats      the same round trip as "private" on bare NATS, as a ceiling
   all       private, group, login and nats one after another, with their defaults
 
-Every scenario registers its own users (names start with --prefix, random
+Every scenario but ping and nats registers its own users (names start with --prefix, random
 by default, so runs against one server do not clash), warms up, measures,
 and prints one summary line on stdout. Progress and diagnostics go to
 stderr. Exit status: 0 ok, 1 a scenario failed, 2 bad usage, 3 the
@@ -149,6 +151,11 @@ func scenarioFlags(name string, fs *flag.FlagSet) (runner, bool) {
 			"measured period lasts from the first send_file to the last byte received, without warm-up\n"+
 			"(--warmup and --duration are ignored). 0: transfer for --duration after --warmup")
 		return single(bench.RunFiles, &o), true
+	case "ping":
+		o := bench.DefaultPing
+		fs.IntVar(&o.Conns, "conns", o.Conns, "connections, none logged in, each sending ping and reading pong")
+		fs.IntVar(&o.Window, "window", o.Window, "pings each connection keeps in flight")
+		return single(bench.RunPing, &o), true
 	case "nats":
 		o := bench.DefaultNATS
 		fs.StringVar(&o.URL, "nats", "", "NATS server URL (default: start an embedded server on a random loopback port)")

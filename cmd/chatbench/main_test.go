@@ -68,6 +68,7 @@ func TestScenariosAgainstChatd(t *testing.T) {
 		{"private", "private", []string{"--pairs", "2"}, "msg", self, 0},
 		{"private across edges", "private", []string{"--pairs", "2", "--addr2", addr2}, "msg", self, 0},
 		{"login", "login", []string{"--users", "12", "--friends", "4", "--concurrency", "3"}, "login", self, 0},
+		{"ping", "ping", []string{"--conns", "3", "--window", "2"}, "ping", self, 0},
 		{"files", "files", []string{"--transfers", "2", "--size", "256KiB"}, "MiB", self, 0},
 		{"files across edges", "files", []string{"--transfers", "2", "--size", "256KiB", "--addr2", addr2}, "MiB", self, 0},
 		// --count: exactly 2×3 transfers of 1MiB, however long --duration.

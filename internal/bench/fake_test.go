@@ -162,3 +162,56 @@ func TestFilesSilentServer(t *testing.T) {
 		t.Fatalf("gave up only after %s", time.Since(start))
 	}
 }
+
+// The ping scenario counts only pongs that answer its own pings, in
+// order; anything else is an error, and a server that says nothing costs
+// timeouts, not a hang.
+func TestPingAnswers(t *testing.T) {
+	pong := func(id any) string {
+		b, _ := json.Marshal(map[string]any{"cmd": "pong", "id": id})
+		return string(b) + "\n"
+	}
+	tests := []struct {
+		name   string
+		answer func(req map[string]any) string
+		kind   string // the error kind wanted; "" for none
+	}{
+		{"echoes the id", func(req map[string]any) string { return pong(req["id"]) }, ""},
+		{"twice", func(req map[string]any) string { return pong(req["id"]) + pong(req["id"]) }, "duplicate_or_late"},
+		{"another connection's id", func(req map[string]any) string {
+			id, _ := req["id"].(string)
+			return pong("7" + id)
+		}, "bad_id"},
+		{"no id", func(map[string]any) string { return `{"cmd":"pong"}` + "\n" }, "bad_id"},
+		{"numeric id", func(map[string]any) string { return pong(12) }, "bad_id"},
+		{"not a pong", func(req map[string]any) string {
+			return `{"cmd":"error","result":"unknown_cmd","id":"` + req["id"].(string) + `"}` + "\n"
+		}, "unexpected"},
+		{"silence", func(map[string]any) string { return "" }, "timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr := startFake(t, func(cmd string, req map[string]any) string {
+				if cmd != "ping" {
+					return `{"cmd":"error","result":"unknown_cmd"}` + "\n"
+				}
+				return tt.answer(req)
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			res, err := RunPing(ctx, testEnv(addr), PingOptions{Conns: 2, Window: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.kind == "" {
+				if res.Errors != 0 || res.Count == 0 || res.Latency == nil {
+					t.Fatalf("count %v, errors %v: want pongs counted and no errors", res.Count, res.ErrorKinds)
+				}
+				return
+			}
+			if res.ErrorKinds[tt.kind] == 0 {
+				t.Fatalf("errors %v: want %s", res.ErrorKinds, tt.kind)
+			}
+		})
+	}
+}

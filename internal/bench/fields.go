@@ -13,6 +13,8 @@ import (
 // they contain escapes. Fields absent from the line are nil.
 type Fields struct {
 	Cmd, Result, Reason, Text, User, UserFrom, UserTo, Group, Friend, Filename []byte
+	// ID is the request id the server echoes, when it is a string.
+	ID []byte
 	// Port and Length may be JSON numbers or strings; they hold the
 	// number's text or the string's contents.
 	Port, Length []byte
@@ -130,6 +132,8 @@ func (f *Fields) set(key, val []byte, isStr bool) {
 		f.Friend = val
 	case "filename":
 		f.Filename = val
+	case "id":
+		f.ID = val
 	}
 }
 
