@@ -708,6 +708,10 @@ func (e *Edge) deliver(m *nats.Msg) {
 	}
 }
 
+// directBacklog is the queue of deliveries below which the dispatcher
+// writes a private message to its recipient's socket itself.
+const directBacklog = 64
+
 // deliverLine writes a message to every local session of its user and
 // confirms it when the sender waits. Not answering a user held nowhere
 // here lets the sender's wait fail, and the message is kept for later.
@@ -721,18 +725,32 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 	}
 	line := make([]byte, 0, len(m.Data)+1)
 	line = append(append(line, m.Data...), '\n')
+	target, handedOff := proto.HandoffTarget(m.Reply)
 	e.mu.Lock()
 	u := e.subjects[m.Subject]
 	n, name := 0, ""
+	var only *conn
 	if u != nil {
+		n, name = len(u.sessions), u.name
 		for c := range u.sessions {
 			c.observe(seq)
+			if handedOff && n == 1 && len(e.deliveries) < directBacklog {
+				only = c
+				break
+			}
 			c.send(line)
 		}
-		n, name = len(u.sessions), u.name
 	}
 	e.mu.Unlock()
-	target, handedOff := proto.HandoffTarget(m.Reply)
+	if only != nil {
+		// A private message to a user with one session: written from here
+		// when nothing else is queued for the session, which costs less
+		// than waking its writer. Group messages come many at a time and
+		// are left to the writers, which batch them; so are private ones
+		// once deliveries queue up here, so that the system calls spread
+		// over the writers and the cores rather than hold up this loop.
+		only.sendNow(line)
+	}
 	if n == 0 {
 		if handedOff {
 			// Back to the worker, which stores it and answers the sender.

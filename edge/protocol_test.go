@@ -1,10 +1,14 @@
 package edge_test
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -609,5 +613,64 @@ func TestPrivateChatWaitsForAWorker(t *testing.T) {
 		if m := cl.Want("private_chat"); m.Str("text") != "anyone?" {
 			t.Fatalf("got %s", m.Raw)
 		}
+	}
+}
+
+// A recipient that stops reading must cost only itself: its messages
+// pile up until it is disconnected, every sender still gets its answer,
+// and messages between other users keep flowing meanwhile.
+func TestSlowRecipientStallsNobody(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge(func(o *edge.Options) {
+		o.OutQueue = 16
+		// Longer than a client waits for a line: a delivery that blocked
+		// on the stuck socket would make the others' messages late.
+		o.WriteTimeout = 3 * chattest.Timeout
+	}).Addr().String()
+	cls := users(t, addr, "alice", "carol", "dave")
+	alice, carol, dave := cls[0], cls[1], cls[2]
+	befriend(t, carol, dave, "dave")
+
+	// bob logs in on a socket that is never read after the login reply.
+	bob, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bob.Close()
+	if _, err := bob.Write([]byte(`{"cmd":"register","user":"bob","password":"pw-bob"}` + "\n" +
+		`{"cmd":"login","user":"bob","password":"pw-bob"}` + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = bob.SetReadDeadline(time.Now().Add(chattest.Timeout))
+	br := bufio.NewReader(bob)
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("bob's login: %v", err)
+		}
+		if strings.Contains(l, `"login_reply"`) {
+			break
+		}
+	}
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+
+	text := strings.Repeat("x", 60<<10)
+	results := map[string]int{}
+	for i := range 300 {
+		r := alice.Result(M{"cmd": "private_chat", "user_to": "bob", "text": text}).Str("result")
+		results[r]++
+		carol.Expect(M{"cmd": "private_chat", "user_to": "dave", "text": fmt.Sprint(i)}, "success")
+		if got := dave.Want("private_chat").Str("text"); got != fmt.Sprint(i) {
+			t.Fatalf("dave got %q, want %d", got, i)
+		}
+	}
+	if results["success"] == 0 || results["offline"] == 0 || len(results) != 2 {
+		t.Fatalf("results %v: want successes while bob was connected, then offline", results)
+	}
+	// The server has closed bob: draining the socket ends in an error.
+	_ = bob.SetReadDeadline(time.Now().Add(chattest.Timeout))
+	if _, err := io.Copy(io.Discard, bob); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("bob is still connected: %v", err)
 	}
 }
