@@ -161,6 +161,7 @@ func scenarioFlags(name string, fs *flag.FlagSet) (runner, bool) {
 		fs.StringVar(&o.URL, "nats", "", "NATS server URL (default: start an embedded server on a random loopback port)")
 		fs.IntVar(&o.Pairs, "pairs", o.Pairs, "publisher→subscriber pairs, each on its own connection")
 		fs.IntVar(&o.Window, "window", o.Window, "messages each publisher keeps in flight")
+		fs.BoolVar(&o.InProcess, "in-process", false, "connect to the embedded server without sockets, as `chatd all` does")
 		return single(bench.RunNATS, &o), true
 	case "all":
 		return runAll, true

@@ -154,6 +154,34 @@ func TestPrivateWithNATS(t *testing.T) {
 	}
 }
 
+// The raw NATS loop runs over sockets or, with --in-process, without;
+// either way every message is counted and answered.
+func TestNATSLoop(t *testing.T) {
+	for _, tt := range []struct {
+		args  []string
+		label string
+	}{
+		{nil, "nats pairs=2 window=2: "},
+		{[]string{"--in-process"}, "nats pairs=2 window=2 in-process: "},
+	} {
+		dir := t.TempDir()
+		jsonPath := filepath.Join(dir, "r.json")
+		args := append([]string{"nats", "--pairs", "2", "--window", "2", "--duration", "300ms", "--warmup", "0",
+			"--json", jsonPath}, tt.args...)
+		lines := runCLI(t, args)
+		if len(lines) != 1 || !strings.HasPrefix(lines[0], tt.label) || !strings.Contains(lines[0], "errors=0") {
+			t.Fatalf("%q: want one summary starting %q with errors=0, got %q", tt.args, tt.label, lines)
+		}
+		rep := readReport(t, jsonPath)
+		if len(rep.Results) != 1 || rep.Results[0].Count <= 0 || rep.Results[0].Errors != 0 {
+			t.Fatalf("%q: results %+v", tt.args, rep.Results)
+		}
+		if got := rep.Results[0].Params["in_process"]; got != (len(tt.args) > 0) {
+			t.Errorf("%q: in_process = %v", tt.args, got)
+		}
+	}
+}
+
 // runCLI runs chatbench with args, expecting success, and returns the
 // lines it printed.
 func runCLI(t *testing.T, args []string) []string {
@@ -255,6 +283,8 @@ func TestUsage(t *testing.T) {
 		{[]string{"private", "--pid", "1,1"}, 2, "listed twice"},
 		{[]string{"private", "--pid", strconv.Itoa(os.Getpid()) + ",1073741824"}, 2, "1073741824"},
 		{[]string{"files", "--count", "-1", "--addr", "127.0.0.1:1", "--warmup", "0"}, 1, "--count"},
+		{[]string{"nats", "--in-process", "--nats", "nats://127.0.0.1:1", "--warmup", "0"}, 1, "--in-process"},
+		{[]string{"ping", "--conns", "0", "--addr", "127.0.0.1:1", "--warmup", "0"}, 1, "--conns"},
 		// Nothing listens on port 1: setup fails cleanly.
 		{[]string{"private", "--addr", "127.0.0.1:1", "--warmup", "0", "--duration", "10ms"}, 1, "connect"},
 	}

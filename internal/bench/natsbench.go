@@ -17,6 +17,10 @@ type NATSOptions struct {
 	URL    string // "" starts an embedded server in this process
 	Pairs  int
 	Window int
+	// InProcess connects the clients to the embedded server without
+	// sockets, as `chatd all` connects its edge and worker: the NATS
+	// part of a private message alone, with no kernel work in it.
+	InProcess bool
 }
 
 // DefaultNATS matches the private scenario's shape.
@@ -30,9 +34,12 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 	if o.Pairs < 1 || o.Window < 1 {
 		return nil, errors.New("nats: --pairs and --window must be at least 1")
 	}
+	if o.InProcess && o.URL != "" {
+		return nil, errors.New("nats: --in-process needs the embedded server, not --nats")
+	}
 	res := &Result{Scenario: "nats", Started: time.Now(), Unit: "msg",
 		Label:     fmt.Sprintf("pairs=%d window=%d", o.Pairs, o.Window),
-		Params:    map[string]any{"pairs": o.Pairs, "window": o.Window, "embedded": o.URL == ""},
+		Params:    map[string]any{"pairs": o.Pairs, "window": o.Window, "embedded": o.URL == "", "in_process": o.InProcess},
 		LatencyOf: "publish by the sender → receipt by the receiver"}
 	url := o.URL
 	if url == "" {
@@ -52,6 +59,7 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 	pwg.Go(func() { m.progress(pctx, console, warmup, duration) })
 	defer func() { stopProgress(); pwg.Wait() }()
 
+	var inProcess nats.Option
 	if url == "" {
 		s, err := startNATS()
 		if err != nil {
@@ -59,6 +67,10 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 		}
 		defer s.Shutdown()
 		url = s.ClientURL()
+		if o.InProcess {
+			inProcess = nats.InProcessServer(s)
+			res.Label += " in-process"
+		}
 	}
 	var conns []*nats.Conn
 	defer func() {
@@ -67,8 +79,12 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 		}
 	}()
 	connect := func(name string) (*nats.Conn, error) {
-		nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(0),
-			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { m.Error("nats_async", "err", err) }))
+		opts := []nats.Option{nats.Name(name), nats.MaxReconnects(0),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { m.Error("nats_async", "err", err) })}
+		if inProcess != nil {
+			opts = append(opts, inProcess)
+		}
+		nc, err := nats.Connect(url, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("nats: connect to %s: %w", url, err)
 		}
@@ -186,6 +202,9 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 		res.Rate = res.Count / w.elapsed.Seconds()
 	}
 	res.Extra = map[string]any{"url": url}
+	if o.InProcess {
+		res.Extra["url"] = "in-process"
+	}
 	res.fill(m, w, h, fmtRate(res.Rate)+" msg/s")
 	return res, nil
 }
