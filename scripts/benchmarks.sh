@@ -4,7 +4,7 @@
 # two edges in separate processes, a raw NATS loop for comparison, and the
 # Go benchmarks. Usage: scripts/benchmarks.sh [OUTDIR [PART...]], where a
 # PART is one of private group login idle nats files go (all by default);
-# the whole run takes about 12 minutes.
+# the whole run takes about 13 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d /tmp/chatd-bench.XXXXXX)}
@@ -94,6 +94,8 @@ cleanup
 pids=()
 if want nats; then
 	run nats --pairs 20 --window 1 --duration 20s --json "$out/nats.json" --svg "$out/nats.svg"
+	# The same loop without sockets, as `chatd all` connects to NATS.
+	run nats --pairs 20 --window 1 --duration 20s --in-process --json "$out/nats-in-process.json"
 fi
 if want files; then
 	# Four processes: a file from a client of one edge to a client of another.
