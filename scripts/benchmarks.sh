@@ -99,16 +99,18 @@ if want nats; then
 fi
 if want files; then
 	# Four processes: a file from a client of one edge to a client of another.
+	# The ports are below Linux's ephemeral range (32768 and up), where the
+	# client ends of earlier parts' connections may still hold one.
 	data=$(mktemp -d)
-	start broker broker --nats-listen 127.0.0.1:34222 --http '' --data "$data/broker"
-	start worker worker --nats nats://127.0.0.1:34222 --data "$data/worker" "${cheap[@]}"
-	start edge1 edge --nats nats://127.0.0.1:34222 --listen 127.0.0.1:38001 --file-ports 38100-38149
-	start edge2 edge --nats nats://127.0.0.1:34222 --listen 127.0.0.1:38002 --file-ports 38150-38199
+	start broker broker --nats-listen 127.0.0.1:24222 --http '' --data "$data/broker"
+	start worker worker --nats nats://127.0.0.1:24222 --data "$data/worker" "${cheap[@]}"
+	start edge1 edge --nats nats://127.0.0.1:24222 --listen 127.0.0.1:28001 --file-ports 28100-28149
+	start edge2 edge --nats nats://127.0.0.1:24222 --listen 127.0.0.1:28002 --file-ports 28150-28199
 	list=$(
 		IFS=,
 		echo "${pids[*]}"
 	)
-	run files --addr 127.0.0.1:38001 --addr2 127.0.0.1:38002 --transfers 1 --size 1GiB --count 1 \
+	run files --addr 127.0.0.1:28001 --addr2 127.0.0.1:28002 --transfers 1 --size 1GiB --count 1 \
 		--verify=false --pid "$list" --json "$out/files.json"
 	cleanup
 	pids=()
