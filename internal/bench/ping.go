@@ -95,12 +95,12 @@ func RunPing(ctx context.Context, env *Env, o PingOptions) (*Result, error) {
 	var wg sync.WaitGroup
 	for i, c := range conns {
 		wg.Go(func() {
-			fl := flows[i]
+			fl, who := flows[i], fmt.Sprint("conn ", i)
 			buf := make([]byte, 0, 64)
 			t := time.NewTimer(time.Hour)
 			t.Stop()
 			for {
-				seq, ok := fl.next(sctx, env.Timeout, t, m, fmt.Sprint("conn ", i))
+				seq, ok := fl.next(sctx, env.Timeout, t, m, who)
 				if !ok {
 					return
 				}
