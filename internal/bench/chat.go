@@ -238,10 +238,7 @@ func (r *chatRun) closeAll() {
 func (r *chatRun) run(ctx context.Context, res *Result, setup func(context.Context) error, wire func(),
 	rateText func(float64) string) (*Result, error) {
 	env, m := r.env, r.m
-	pctx, stopProgress := context.WithCancel(context.Background())
-	var pwg sync.WaitGroup
-	pwg.Go(func() { m.progress(pctx, env.Console, env.Warmup, env.Duration) })
-	defer func() { stopProgress(); pwg.Wait() }()
+	defer m.showProgress(env.Console, env.Warmup, env.Duration)()
 	defer r.closeAll()
 
 	t0 := time.Now()
@@ -285,10 +282,7 @@ func (r *chatRun) run(ctx context.Context, res *Result, setup func(context.Conte
 	for _, s := range r.senders {
 		sent += s.fl.sent.Load()
 	}
-	res.Count = float64(w.count)
-	if w.elapsed > 0 {
-		res.Rate = res.Count / w.elapsed.Seconds()
-	}
+	res.setCount(w, float64(w.count))
 	res.Extra = map[string]any{"sent_total": sent}
 	res.fill(m, w, h, rateText(res.Rate))
 	return res, nil

@@ -89,10 +89,7 @@ func RunFiles(ctx context.Context, env *Env, o FilesOptions) (*Result, error) {
 	m := newMeter("files", "MiB", env.Log)
 	m.scale = 1 << 20 // the meter counts bytes
 	m.goal.Store(int64(o.Count) * int64(o.Transfers) * int64(o.Size))
-	pctx, stopProgress := context.WithCancel(context.Background())
-	var pwg sync.WaitGroup
-	pwg.Go(func() { m.progress(pctx, env.Console, warmup, duration) })
-	defer func() { stopProgress(); pwg.Wait() }()
+	defer m.showProgress(env.Console, warmup, duration)()
 
 	// A pattern whose length is not a power of two, so that blocks of the
 	// file differ and a relay that reorders them fails the hash check.
@@ -171,14 +168,8 @@ func RunFiles(ctx context.Context, env *Env, o FilesOptions) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("files: %w", err)
 	}
-	h := new(Histogram)
-	for _, x := range fr.hists {
-		h.Merge(x)
-	}
-	res.Count = float64(w.count) / (1 << 20)
-	if w.elapsed > 0 {
-		res.Rate = res.Count / w.elapsed.Seconds()
-	}
+	h := merged(fr.hists...)
+	res.setCount(w, float64(w.count)/(1<<20))
 	res.Extra = map[string]any{"transfers_completed": fr.done.Load()}
 	rate := fmt.Sprintf("%.1f MiB/s (%d transfers done)", res.Rate, fr.done.Load())
 	if o.Count > 0 {

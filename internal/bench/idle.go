@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -32,10 +31,7 @@ func RunIdle(ctx context.Context, env *Env, o IdleOptions) (*Result, error) {
 		Params:    map[string]any{"conns": o.Conns, "hold_seconds": o.Hold.Seconds()},
 		LatencyOf: "TCP connect → login_reply success, while ramping up"}
 	m := newMeter("idle", "conn", env.Log)
-	pctx, stopProgress := context.WithCancel(context.Background())
-	var pwg sync.WaitGroup
-	pwg.Go(func() { m.progress(pctx, env.Console, 0, o.Hold) })
-	defer func() { stopProgress(); pwg.Wait() }()
+	defer m.showProgress(env.Console, 0, o.Hold)()
 
 	names := make([]string, o.Conns)
 	for i := range names {

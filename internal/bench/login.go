@@ -38,10 +38,7 @@ func RunLogin(ctx context.Context, env *Env, o LoginOptions) (*Result, error) {
 		Params:    map[string]any{"users": o.Users, "friends": o.Friends, "friends_each": 2 * half, "concurrency": o.Concurrency},
 		LatencyOf: "TCP connect → login_reply success"}
 	m := newMeter("login", "login", env.Log)
-	pctx, stopProgress := context.WithCancel(context.Background())
-	var pwg sync.WaitGroup
-	pwg.Go(func() { m.progress(pctx, env.Console, env.Warmup, env.Duration) })
-	defer func() { stopProgress(); pwg.Wait() }()
+	defer m.showProgress(env.Console, env.Warmup, env.Duration)()
 
 	names := make([]string, o.Users)
 	for i := range names {
@@ -71,15 +68,8 @@ func RunLogin(ctx context.Context, env *Env, o LoginOptions) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
-	h := new(Histogram)
-	for _, x := range hists {
-		h.Merge(x)
-	}
-	res.Count = float64(w.count)
-	if w.elapsed > 0 {
-		res.Rate = res.Count / w.elapsed.Seconds()
-	}
-	res.fill(m, w, h, fmtRate(res.Rate)+" logins/s")
+	res.setCount(w, float64(w.count))
+	res.fill(m, w, merged(hists...), fmtRate(res.Rate)+" logins/s")
 	return res, nil
 }
 

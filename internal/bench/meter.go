@@ -155,6 +155,14 @@ func (m *Meter) Errors() (int64, map[string]int64) {
 	return m.nerr.Load(), maps.Clone(m.kinds)
 }
 
+// showProgress reports progress on con until the returned stop is called.
+func (m *Meter) showProgress(con *Console, warmup, duration time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { m.progress(ctx, con, warmup, duration) })
+	return func() { cancel(); wg.Wait() }
+}
+
 // progress reports until ctx ends. A duration of 0 is a measured period
 // that lasts until the goal is reached.
 func (m *Meter) progress(ctx context.Context, con *Console, warmup, duration time.Duration) {

@@ -53,11 +53,7 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 		res.Params["cpu_includes_clients"] = true
 	}
 	m := newMeter("nats", "msg", env.Log)
-	pctx, stopProgress := context.WithCancel(context.Background())
-	var pwg sync.WaitGroup
-	console, warmup, duration := env.Console, env.Warmup, env.Duration
-	pwg.Go(func() { m.progress(pctx, console, warmup, duration) })
-	defer func() { stopProgress(); pwg.Wait() }()
+	defer m.showProgress(env.Console, env.Warmup, env.Duration)()
 
 	var inProcess nats.Option
 	if url == "" {
@@ -193,19 +189,12 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 	for _, nc := range conns {
 		nc.Close()
 	}
-	h := new(Histogram)
-	for _, x := range hists {
-		h.Merge(x)
-	}
-	res.Count = float64(w.count)
-	if w.elapsed > 0 {
-		res.Rate = res.Count / w.elapsed.Seconds()
-	}
+	res.setCount(w, float64(w.count))
 	res.Extra = map[string]any{"url": url}
 	if o.InProcess {
 		res.Extra["url"] = "in-process"
 	}
-	res.fill(m, w, h, fmtRate(res.Rate)+" msg/s")
+	res.fill(m, w, merged(hists...), fmtRate(res.Rate)+" msg/s")
 	return res, nil
 }
 

@@ -33,10 +33,7 @@ func RunPing(ctx context.Context, env *Env, o PingOptions) (*Result, error) {
 		Params:    map[string]any{"conns": o.Conns, "window": o.Window},
 		LatencyOf: "ping written → pong read"}
 	m := newMeter("ping", "ping", env.Log)
-	pctx, stopProgress := context.WithCancel(context.Background())
-	var pwg sync.WaitGroup
-	pwg.Go(func() { m.progress(pctx, env.Console, env.Warmup, env.Duration) })
-	defer func() { stopProgress(); pwg.Wait() }()
+	defer m.showProgress(env.Console, env.Warmup, env.Duration)()
 
 	conns := make([]*Conn, o.Conns)
 	defer func() {
@@ -126,14 +123,7 @@ func RunPing(ctx context.Context, env *Env, o PingOptions) (*Result, error) {
 	for _, c := range conns {
 		c.Close()
 	}
-	h := new(Histogram)
-	for _, x := range hists {
-		h.Merge(x)
-	}
-	res.Count = float64(w.count)
-	if w.elapsed > 0 {
-		res.Rate = res.Count / w.elapsed.Seconds()
-	}
-	res.fill(m, w, h, fmtRate(res.Rate)+" pings/s")
+	res.setCount(w, float64(w.count))
+	res.fill(m, w, merged(hists...), fmtRate(res.Rate)+" pings/s")
 	return res, nil
 }

@@ -153,6 +153,24 @@ func (r *Result) serverName() string {
 	return name
 }
 
+// merged returns the histograms merged into one.
+func merged(hists ...*Histogram) *Histogram {
+	h := new(Histogram)
+	for _, x := range hists {
+		h.Merge(x)
+	}
+	return h
+}
+
+// setCount records how much the measured window w counted, in the
+// result's unit, and the rate it makes.
+func (r *Result) setCount(w window, count float64) {
+	r.Count = count
+	if w.elapsed > 0 {
+		r.Rate = count / w.elapsed.Seconds()
+	}
+}
+
 // fill completes the common fields from a measured window and builds the
 // summary line: head, rate, latency, errors, server.
 func (r *Result) fill(m *Meter, w window, h *Histogram, rateText string) {
