@@ -26,8 +26,9 @@ import (
 // through a queue drained by a writer goroutine, which sends all the lines
 // it finds in one system call. The writer exists only while the
 // connection is busy: after writerIdle without a line it ends, so an idle
-// connection costs one goroutine, not two. A reply, when nothing else is
-// waiting, is written by the read loop itself (see sendNow).
+// connection costs one goroutine, not two. A reply, or a private message,
+// when nothing else is waiting, is written by the goroutine that has it
+// (see sendNow).
 type conn struct {
 	e    *Edge
 	sock net.Conn
@@ -134,11 +135,11 @@ func (c *conn) wakeWriter(start bool) {
 	}
 }
 
-// sendNow writes a reply from the read loop itself when nothing else is
-// waiting to be written: the read loop has nothing else to do meanwhile,
-// and waking the writer goroutine for one line costs more than the line.
-// The attempt never blocks; what the socket does not take goes to the
-// writer.
+// sendNow writes line from the calling goroutine when nothing else is
+// waiting to be written: a reply from the read loop, which has nothing
+// else to do meanwhile, or a private message from the dispatcher. Waking
+// the writer goroutine for one line costs more than the line. The attempt
+// never blocks; what the socket does not take goes to the writer.
 func (c *conn) sendNow(line []byte) {
 	c.mu.Lock()
 	if c.closed || c.busy || len(c.queue) > 0 {
