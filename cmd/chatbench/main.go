@@ -43,9 +43,10 @@ Scenarios:
   nats      the same round trip as "private" on bare NATS, as a ceiling
   all       private, group, login and nats one after another, with their defaults
 
-Every scenario but ping and nats registers its own users (names start with --prefix, random
-by default, so runs against one server do not clash), warms up, measures,
-and prints one summary line on stdout. Progress and diagnostics go to
+Every scenario but ping and nats registers its own users (names start
+with --prefix, random by default, so runs against one server do not
+clash); every one warms up, measures, and prints one summary line on
+stdout. Progress and diagnostics go to
 stderr. Exit status: 0 ok, 1 a scenario failed, 2 bad usage, 3 the
 measurements counted errors (unexpected replies, timeouts, disconnects).
 
