@@ -40,15 +40,15 @@ Scenarios:
             --count 1 for one huge transfer measured from start to end
   ping      ping and pong on connections that never log in: the server's socket and
             framing work alone, without NATS or workers, as a floor
-  nats      the same round trip as "private" on bare NATS, as a ceiling
+  nats      the same round trip as "private" on bare NATS; --in-process without sockets
   all       private, group, login and nats one after another, with their defaults
 
 Every scenario but ping and nats registers its own users (names start
 with --prefix, random by default, so runs against one server do not
 clash); every one warms up, measures, and prints one summary line on
-stdout. Progress and diagnostics go to
-stderr. Exit status: 0 ok, 1 a scenario failed, 2 bad usage, 3 the
-measurements counted errors (unexpected replies, timeouts, disconnects).
+stdout. Progress and diagnostics go to stderr. Exit status: 0 ok, 1 a
+scenario failed, 2 bad usage, 3 the measurements counted errors
+(unexpected replies, timeouts, disconnects).
 
 Run "chatbench <scenario> -h" for the flags of a scenario.
 `
