@@ -32,6 +32,7 @@ import (
 type conn struct {
 	e    *Edge
 	sock net.Conn
+	raw  syscall.RawConn // sock's, for writes that must not block; nil if it has none
 
 	mu       sync.Mutex
 	queue    [][]byte      // lines waiting to be written
@@ -58,7 +59,11 @@ type conn struct {
 }
 
 func newConn(e *Edge, sock net.Conn) *conn {
-	return &conn{e: e, sock: sock, done: make(chan struct{}), kick: make(chan struct{}, 1)}
+	c := &conn{e: e, sock: sock, done: make(chan struct{}), kick: make(chan struct{}, 1)}
+	if sc, ok := sock.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn() // nil: the writer goroutine writes everything
+	}
+	return c
 }
 
 // writerIdle is how long a writer waits for more lines before it ends:
@@ -176,17 +181,12 @@ func (c *conn) sendNow(line []byte) {
 // tryWrite makes one non-blocking attempt to write line and returns what
 // the socket did not take; an error means the connection is broken.
 func (c *conn) tryWrite(line []byte) ([]byte, error) {
-	sc, ok := c.sock.(syscall.Conn)
-	if !ok {
-		return line, nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	if c.raw == nil {
 		return line, nil
 	}
 	var n int
 	var werr error
-	err = rc.Write(func(fd uintptr) bool { // one attempt
+	err := c.raw.Write(func(fd uintptr) bool { // one attempt
 		for n < len(line) {
 			m, again, err := writeOnce(fd, line[n:])
 			if err != nil {
@@ -530,8 +530,7 @@ func (c *conn) ask(ctx context.Context, cmd string, frame []byte, hdr nats.Heade
 		c.e.log.Warn("no answer from workers", "cmd", cmd, "err", err)
 		return nil, err
 	}
-	seq, _ := strconv.ParseUint(reply.Header.Get(proto.HdrSeq), 10, 64)
-	c.observe(seq)
+	c.observe(proto.Seq(reply.Header.Get(proto.HdrSeq)))
 	return reply, nil
 }
 

@@ -721,7 +721,7 @@ const directBacklog = 64
 func (e *Edge) deliverLine(m *nats.Msg) {
 	var seq uint64
 	if m.Header != nil {
-		seq, _ = strconv.ParseUint(m.Header.Get(proto.HdrSeq), 10, 64)
+		seq = proto.Seq(m.Header.Get(proto.HdrSeq))
 	}
 	line := make([]byte, 0, len(m.Data)+1)
 	line = append(append(line, m.Data...), '\n')

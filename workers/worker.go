@@ -455,8 +455,7 @@ func newCall(req micro.Request, cmd string) (c *call, seen uint64) {
 	c = &call{cmd: cmd, user: hdr.Get(proto.HdrUser), body: req.Data(), reply: req.Reply(),
 		transfer: hdr.Get(proto.HdrTransfer), offlineOK: hdr.Get(proto.HdrOffline) != "",
 		keep: hdr.Get(proto.HdrKeep) != "", msgID: hdr.Get(proto.HdrMsgID), inboxSeqs: hdr.Get(proto.HdrInboxSeqs)}
-	seen, _ = strconv.ParseUint(hdr.Get(proto.HdrSeq), 10, 64)
-	return c, seen
+	return c, proto.Seq(hdr.Get(proto.HdrSeq))
 }
 
 // tryQuick runs a quick handler when the store is as recent as the

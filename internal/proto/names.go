@@ -129,6 +129,18 @@ func HandoffToken(subject, prefix string) (uint64, bool) {
 // UserSubject returns the delivery subject for a user.
 func UserSubject(user string) string { return UserPrefix + Token(user) }
 
+// Seq reads a HdrSeq value: 0 when it is absent or not a number.
+func Seq(v string) uint64 {
+	if v == "" {
+		return 0 // the common case, without ParseUint's error value
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
 // Headers carried on NATS messages between edges and workers.
 const (
 	// HdrUser names the session user on a request; set only by the edge.

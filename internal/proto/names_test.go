@@ -88,3 +88,24 @@ func TestHandoffReply(t *testing.T) {
 		}
 	}
 }
+
+func TestSeq(t *testing.T) {
+	tests := []struct {
+		in   string
+		want uint64
+	}{
+		{"", 0},
+		{"0", 0},
+		{"42", 42},
+		{"18446744073709551615", 18446744073709551615},
+		{"18446744073709551616", 0}, // out of range
+		{"-1", 0},
+		{"4x", 0},
+		{" 4", 0},
+	}
+	for _, tt := range tests {
+		if got := Seq(tt.in); got != tt.want {
+			t.Errorf("Seq(%q) = %d, want %d", tt.in, got, tt.want)
+		}
+	}
+}
