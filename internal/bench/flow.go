@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -98,6 +99,39 @@ func (f *flow) receipt(seq int64) bool {
 // settled reports whether everything sent has arrived and been answered.
 func (f *flow) settled() bool {
 	return f.inFlight() == 0 && f.replies.Load() >= f.sent.Load()
+}
+
+// driveFlows runs one sender per flow and measures. sender(i) names flow
+// i's sender and returns what sends one message (false: stop sending);
+// it is called once, and what it returns is used by that sender's
+// goroutine alone. Once the measured period is over and the senders have
+// stopped, it waits for what is still in flight (drainFlows).
+func driveFlows(ctx context.Context, env *Env, m *Meter, flows []*flow,
+	sender func(i int) (who string, send func(seq int64) bool)) (window, error) {
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	for i, fl := range flows {
+		who, send := sender(i)
+		wg.Go(func() {
+			t := time.NewTimer(time.Hour)
+			t.Stop()
+			for {
+				seq, ok := fl.next(sctx, env.Timeout, t, m, who)
+				if !ok || !send(seq) {
+					return
+				}
+			}
+		})
+	}
+	w, err := m.measure(ctx, env)
+	stop()
+	wg.Wait()
+	if err != nil {
+		return w, err
+	}
+	drainFlows(flows, env.Timeout, m)
+	return w, nil
 }
 
 // drainFlows waits, bounded by timeout, for what is still in flight after

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -159,35 +158,20 @@ func RunNATS(ctx context.Context, env *Env, o NATSOptions) (*Result, error) {
 		m.setupDone.Add(1)
 	}
 
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	var wg sync.WaitGroup
-	for i := range o.Pairs {
-		wg.Go(func() {
-			fl, sc := flows[i], senders[i]
-			buf := make([]byte, 0, 64)
-			t := time.NewTimer(time.Hour)
-			t.Stop()
-			for {
-				seq, ok := fl.next(sctx, env.Timeout, t, m, subjects[i])
-				if !ok {
-					return
-				}
-				buf = appendStamp(buf[:0], int64(i), seq, int64(time.Since(base)))
-				if err := sc.PublishRequest(subjects[i], acks[i], buf); err != nil {
-					m.Error("publish", "err", err)
-					return
-				}
+	w, err := driveFlows(ctx, env, m, flows, func(i int) (string, func(int64) bool) {
+		sc, buf := senders[i], make([]byte, 0, 64)
+		return subjects[i], func(seq int64) bool {
+			buf = appendStamp(buf[:0], int64(i), seq, int64(time.Since(base)))
+			if err := sc.PublishRequest(subjects[i], acks[i], buf); err != nil {
+				m.Error("publish", "err", err)
+				return false
 			}
-		})
-	}
-	w, err := m.measure(ctx, env)
-	stop()
-	wg.Wait()
+			return true
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("nats: %w", err)
 	}
-	drainFlows(flows, env.Timeout, m)
 	for _, nc := range conns {
 		nc.Close()
 	}

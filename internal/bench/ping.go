@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 )
 
@@ -87,39 +86,24 @@ func RunPing(ctx context.Context, env *Env, o PingOptions) (*Result, error) {
 		}, func(err error) { m.Error("disconnect", "conn", i, "err", err) })
 	}
 
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	var wg sync.WaitGroup
-	for i, c := range conns {
-		wg.Go(func() {
-			fl, who := flows[i], fmt.Sprint("conn ", i)
-			buf := make([]byte, 0, 64)
-			t := time.NewTimer(time.Hour)
-			t.Stop()
-			for {
-				seq, ok := fl.next(sctx, env.Timeout, t, m, who)
-				if !ok {
-					return
+	w, err := driveFlows(ctx, env, m, flows, func(i int) (string, func(int64) bool) {
+		c, buf := conns[i], make([]byte, 0, 64)
+		return fmt.Sprint("conn ", i), func(seq int64) bool {
+			buf = append(buf[:0], `{"cmd":"ping","id":"`...)
+			buf = appendStamp(buf, int64(i), seq, int64(time.Since(base)))
+			buf = append(buf, "\"}\n"...)
+			if err := c.Write(buf); err != nil {
+				if !c.Closing() {
+					m.Error("write", "conn", i, "err", err)
 				}
-				buf = append(buf[:0], `{"cmd":"ping","id":"`...)
-				buf = appendStamp(buf, int64(i), seq, int64(time.Since(base)))
-				buf = append(buf, "\"}\n"...)
-				if err := c.Write(buf); err != nil {
-					if !c.Closing() {
-						m.Error("write", "conn", i, "err", err)
-					}
-					return
-				}
+				return false
 			}
-		})
-	}
-	w, err := m.measure(ctx, env)
-	stop()
-	wg.Wait()
+			return true
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("ping: %w", err)
 	}
-	drainFlows(flows, env.Timeout, m)
 	for _, c := range conns {
 		c.Close()
 	}
