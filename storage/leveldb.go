@@ -46,11 +46,50 @@ type LevelDB struct {
 	lastSeq atomic.Uint64
 
 	// Friend lists are read at every login and logout (to tell friends),
-	// and a LevelDB iterator costs far more than a map lookup. Entries are
-	// dropped when a friendship of theirs is applied; the whole cache is
-	// dropped when it reaches maxCachedLists, which bounds its memory.
+	// a group's members at every group message, and a friendship is
+	// checked at every private message: a LevelDB iterator or lookup costs
+	// far more than a map lookup. Lists are cached by key prefix and name
+	// ("F:alice", "M:team"), and membership is answered from a cached list.
+	// Entries are dropped when an event that changes them is applied; the
+	// whole cache is dropped when it reaches maxCachedLists, which bounds
+	// its memory. gen counts the drops, so that a list read from the
+	// database while an event was being applied is not cached.
 	cacheMu sync.RWMutex
-	friends map[string][]string
+	lists   map[string]*nameList
+	gen     uint64
+}
+
+// nameList is a cached friend or member list, with a set for long lists.
+type nameList struct {
+	names []string
+	set   map[string]struct{} // nil for lists short enough to scan
+}
+
+// scanUpTo is the longest list searched by scanning rather than a set.
+const scanUpTo = 32
+
+func newNameList(names []string) *nameList {
+	l := &nameList{names: names}
+	if len(names) > scanUpTo {
+		l.set = make(map[string]struct{}, len(names))
+		for _, n := range names {
+			l.set[n] = struct{}{}
+		}
+	}
+	return l
+}
+
+func (l *nameList) has(name string) bool {
+	if l.set != nil {
+		_, ok := l.set[name]
+		return ok
+	}
+	for _, n := range l.names {
+		if n == name {
+			return true
+		}
+	}
+	return false
 }
 
 const maxCachedLists = 100_000
@@ -78,7 +117,7 @@ func OpenMem() (*LevelDB, error) {
 }
 
 func newLevelDB(db *leveldb.DB) (*LevelDB, error) {
-	s := &LevelDB{db: db, friends: map[string][]string{}}
+	s := &LevelDB{db: db, lists: map[string]*nameList{}}
 	v, err := db.Get(keySeq, nil)
 	switch {
 	case errors.Is(err, leveldb.ErrNotFound):
@@ -102,7 +141,7 @@ func (s *LevelDB) LastSeq() uint64 { return s.lastSeq.Load() }
 
 // Skip implements Store.
 func (s *LevelDB) Skip(seq uint64) error {
-	return s.write(seq, func(*leveldb.Batch) error { return nil })
+	return s.write(seq, nil, func(*leveldb.Batch) error { return nil })
 }
 
 // Apply implements Store.
@@ -110,10 +149,14 @@ func (s *LevelDB) Apply(seq uint64, ev Event) error {
 	if err := ev.Validate(); err != nil {
 		return err
 	}
-	if ev.Type == EvFriendAdded {
-		defer s.forgetFriends(ev.User, ev.Friend)
+	var stale []string // cached lists the event changes
+	switch ev.Type {
+	case EvFriendAdded:
+		stale = []string{"F:" + ev.User, "F:" + ev.Friend}
+	case EvGroupCreated, EvMemberJoined:
+		stale = []string{"M:" + ev.Group}
 	}
-	return s.write(seq, func(b *leveldb.Batch) error {
+	return s.write(seq, stale, func(b *leveldb.Batch) error {
 		switch ev.Type {
 		case EvUserRegistered:
 			return s.applyUser(b, ev)
@@ -128,7 +171,10 @@ func (s *LevelDB) Apply(seq uint64, ev Event) error {
 	})
 }
 
-func (s *LevelDB) write(seq uint64, fill func(*leveldb.Batch) error) error {
+// write applies one event's batch and records seq, dropping the cached
+// lists named in stale in between: once LastSeq says the event is applied,
+// no read can find a list from before it.
+func (s *LevelDB) write(seq uint64, stale []string, fill func(*leveldb.Batch) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if seq <= s.lastSeq.Load() {
@@ -141,6 +187,14 @@ func (s *LevelDB) write(seq uint64, fill func(*leveldb.Batch) error) error {
 	b.Put(keySeq, binary.BigEndian.AppendUint64(nil, seq))
 	if err := s.db.Write(b, nil); err != nil {
 		return fmt.Errorf("write seq %d: %w", seq, err)
+	}
+	if len(stale) > 0 {
+		s.cacheMu.Lock()
+		for _, k := range stale {
+			delete(s.lists, k)
+		}
+		s.gen++
+		s.cacheMu.Unlock()
 	}
 	s.lastSeq.Store(seq)
 	return nil
@@ -168,16 +222,6 @@ func (s *LevelDB) applyFriend(b *leveldb.Batch, seq uint64, ev Event) error {
 	b.Put(keySeqd("F:", ev.User, seq), []byte(ev.Friend))
 	b.Put(keySeqd("F:", ev.Friend, seq), []byte(ev.User))
 	return nil
-}
-
-// forgetFriends drops cached lists once a friendship is written and its
-// sequence recorded: see Friends for why the order matters.
-func (s *LevelDB) forgetFriends(users ...string) {
-	s.cacheMu.Lock()
-	for _, u := range users {
-		delete(s.friends, u)
-	}
-	s.cacheMu.Unlock()
 }
 
 func (s *LevelDB) applyGroup(b *leveldb.Batch, seq uint64, ev Event) error {
@@ -223,8 +267,14 @@ func (s *LevelDB) User(name string) (User, error) {
 // HasUser implements Store.
 func (s *LevelDB) HasUser(name string) (bool, error) { return s.has(key("u:", name)) }
 
-// HasGroup implements Store.
-func (s *LevelDB) HasGroup(name string) (bool, error) { return s.has(key("g:", name)) }
+// HasGroup implements Store. A group has members from its creation on, so
+// a cached member list answers too.
+func (s *LevelDB) HasGroup(name string) (bool, error) {
+	if l := s.cached("M:", name); l != nil && len(l.names) > 0 {
+		return true, nil
+	}
+	return s.has(key("g:", name))
+}
 
 // Group implements Store.
 func (s *LevelDB) Group(name string) (Group, error) {
@@ -250,44 +300,81 @@ func (s *LevelDB) getJSON(k []byte, v any) error {
 	return nil
 }
 
-// AreFriends implements Store.
-func (s *LevelDB) AreFriends(a, b string) (bool, error) { return s.has(key2("f:", a, b)) }
+// AreFriends implements Store, from a's friend list.
+func (s *LevelDB) AreFriends(a, b string) (bool, error) {
+	l, err := s.cachedList("F:", a)
+	if err != nil {
+		return false, err
+	}
+	return l.has(b), nil
+}
 
-// IsMember implements Store.
+// IsMember implements Store, from the group's member list.
 func (s *LevelDB) IsMember(group, user string) (bool, error) {
-	return s.has(key2("m:", group, user))
+	l, err := s.cachedList("M:", group)
+	if err != nil {
+		return false, err
+	}
+	return l.has(user), nil
 }
 
 // Friends implements Store. The list returned is shared: callers must not
 // modify it.
 func (s *LevelDB) Friends(user string) ([]string, error) {
-	s.cacheMu.RLock()
-	list, ok := s.friends[user]
-	s.cacheMu.RUnlock()
-	if ok {
-		return list, nil
-	}
-	// A friendship applied while the list is read drops the entry only
-	// after its sequence is recorded; the list is cached only if no event
-	// was applied meanwhile, so a stale list never outlives the drop.
-	seq := s.lastSeq.Load()
-	list, err := s.list("F:", user)
+	l, err := s.cachedList("F:", user)
 	if err != nil {
 		return nil, err
 	}
-	s.cacheMu.Lock()
-	if s.lastSeq.Load() == seq {
-		if len(s.friends) >= maxCachedLists {
-			clear(s.friends)
-		}
-		s.friends[user] = list
-	}
-	s.cacheMu.Unlock()
-	return list, nil
+	return l.names, nil
 }
 
-// Members implements Store.
-func (s *LevelDB) Members(group string) ([]string, error) { return s.list("M:", group) }
+// Members implements Store. The list returned is shared: callers must not
+// modify it.
+func (s *LevelDB) Members(group string) ([]string, error) {
+	l, err := s.cachedList("M:", group)
+	if err != nil {
+		return nil, err
+	}
+	return l.names, nil
+}
+
+func (s *LevelDB) cached(prefix, name string) *nameList {
+	var buf [64]byte
+	k := append(append(buf[:0], prefix...), name...)
+	s.cacheMu.RLock()
+	defer s.cacheMu.RUnlock()
+	return s.lists[string(k)] // a lookup by string(k) copies nothing
+}
+
+// cachedList returns the list under prefix and name, from the cache or
+// read and cached.
+func (s *LevelDB) cachedList(prefix, name string) (*nameList, error) {
+	var buf [64]byte
+	k := append(append(buf[:0], prefix...), name...)
+	s.cacheMu.RLock()
+	l, ok := s.lists[string(k)]
+	gen := s.gen
+	s.cacheMu.RUnlock()
+	if ok {
+		return l, nil
+	}
+	names, err := s.list(prefix, name)
+	if err != nil {
+		return nil, err
+	}
+	l = newNameList(names)
+	s.cacheMu.Lock()
+	// An event applied while the list was read may have dropped an entry
+	// this list predates; it is used once but not kept.
+	if s.gen == gen {
+		if len(s.lists) >= maxCachedLists {
+			clear(s.lists)
+		}
+		s.lists[string(k)] = l
+	}
+	s.cacheMu.Unlock()
+	return l, nil
+}
 
 // Groups implements Store.
 func (s *LevelDB) Groups(user string) ([]string, error) { return s.list("G:", user) }

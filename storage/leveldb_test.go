@@ -203,3 +203,101 @@ func TestFriendsCacheFollowsApplies(t *testing.T) {
 		t.Fatalf("friends of c: %q", fr)
 	}
 }
+
+// Membership answered from cached lists follows applies: for short lists
+// (scanned) and long ones (a set), friends and group members alike.
+func TestCachedMembershipFollowsApplies(t *testing.T) {
+	for _, n := range []int{3, scanUpTo + 8} {
+		t.Run(fmt.Sprint(n, " names"), func(t *testing.T) {
+			s, err := OpenMem()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			apply(t, s, Event{Type: EvUserRegistered, User: "a", Hash: "h"})
+			if ok, _ := s.HasGroup("g"); ok {
+				t.Fatal("group g exists before it was created")
+			}
+			if ok, _ := s.IsMember("g", "a"); ok { // caches an empty list for g
+				t.Fatal("a is a member of a group that does not exist")
+			}
+			if ok, _ := s.HasGroup("g"); ok {
+				t.Fatal("group g exists before it was created, once its empty list is cached")
+			}
+			apply(t, s, Event{Type: EvGroupCreated, User: "a", Group: "g"})
+			for i := range n {
+				u := fmt.Sprint("u", i)
+				apply(t, s, Event{Type: EvUserRegistered, User: u, Hash: "h"})
+				if ok, _ := s.AreFriends("a", u); ok {
+					t.Fatalf("a and %s are friends before they befriended", u)
+				}
+				if ok, _ := s.IsMember("g", u); ok {
+					t.Fatalf("%s is a member before joining", u)
+				}
+				apply(t, s, Event{Type: EvFriendAdded, User: u, Friend: "a"},
+					Event{Type: EvMemberJoined, User: u, Group: "g"})
+				if ok, _ := s.AreFriends("a", u); !ok {
+					t.Fatalf("a and %s are not friends after befriending", u)
+				}
+				if ok, _ := s.AreFriends(u, "a"); !ok {
+					t.Fatalf("%s and a are not friends after befriending", u)
+				}
+				if ok, _ := s.IsMember("g", u); !ok {
+					t.Fatalf("%s is not a member after joining", u)
+				}
+			}
+			if ok, _ := s.HasGroup("g"); !ok {
+				t.Fatal("group g does not exist")
+			}
+			if m, _ := s.Members("g"); len(m) != n+1 || m[0] != "a" {
+				t.Fatalf("members = %q", m)
+			}
+			if ok, _ := s.AreFriends("a", "nobody"); ok {
+				t.Fatal("a is a friend of nobody")
+			}
+		})
+	}
+}
+
+// A read racing an apply never leaves a list cached from before it: once
+// Apply has returned (LastSeq covers it), every read sees the friendship.
+func TestCacheReadRacingApply(t *testing.T) {
+	s, err := OpenMem()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 300
+	apply(t, s, Event{Type: EvUserRegistered, User: "a", Hash: "h"})
+	for i := range n {
+		apply(t, s, Event{Type: EvUserRegistered, User: fmt.Sprint("u", i), Hash: "h"})
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // keeps reading, so reads overlap the applies below
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_, _ = s.Friends("a")
+				_, _ = s.AreFriends("a", "u0")
+			}
+		}
+	}()
+	for i := range n {
+		u := fmt.Sprint("u", i)
+		apply(t, s, Event{Type: EvFriendAdded, User: "a", Friend: u})
+		if ok, _ := s.AreFriends("a", u); !ok {
+			close(stop)
+			<-done
+			t.Fatalf("friendship %d not seen after it was applied", i)
+		}
+	}
+	close(stop)
+	<-done
+	if fr, _ := s.Friends("a"); len(fr) != n {
+		t.Fatalf("a has %d friends, want %d", len(fr), n)
+	}
+}
