@@ -9,12 +9,14 @@ import (
 var errNotObject = errors.New("not a JSON object")
 
 // Fields calls fn for each member of the JSON object in data, in order,
-// with its key and the raw bytes of its value. Keys match exactly (unlike
-// encoding/json's case-folding struct fields); a repeated key is reported
-// each time, so the last one wins for a caller that overwrites. It finds
-// the extent of each value without validating numbers or literals:
-// callers decode the values they use.
-func Fields(data []byte, fn func(key string, value []byte)) error {
+// with its key (unescaped) and the raw bytes of its value. Keys match
+// exactly (unlike encoding/json's case-folding struct fields); a repeated
+// key is reported each time, so the last one wins for a caller that
+// overwrites. It finds the extent of each value without validating
+// numbers or literals: callers decode the values they use. Both slices
+// may point into data; a caller comparing the key with string(key) in a
+// switch or a map lookup allocates nothing.
+func Fields(data []byte, fn func(key, value []byte)) error {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return errNotObject
@@ -124,33 +126,42 @@ func valueEnd(data []byte, i int) (int, error) {
 	return j, nil
 }
 
-func decodeKey(quoted []byte) (string, error) {
-	if s, ok := plainString(quoted); ok {
-		return s, nil
+func decodeKey(quoted []byte) ([]byte, error) {
+	if body, ok := plainBytes(quoted); ok {
+		return body, nil
 	}
 	var s string
 	if err := json.Unmarshal(quoted, &s); err != nil {
-		return "", errNotObject
+		return nil, errNotObject
 	}
-	return s, nil
+	return []byte(s), nil
 }
 
 // plainString returns the contents of a JSON string with no escapes, the
 // common case that needs no decoding.
 func plainString(quoted []byte) (string, bool) {
-	if len(quoted) < 2 || quoted[0] != '"' || quoted[len(quoted)-1] != '"' {
+	body, ok := plainBytes(quoted)
+	if !ok {
 		return "", false
+	}
+	return string(body), true
+}
+
+// plainBytes is plainString without the copy: the contents, in quoted.
+func plainBytes(quoted []byte) ([]byte, bool) {
+	if len(quoted) < 2 || quoted[0] != '"' || quoted[len(quoted)-1] != '"' {
+		return nil, false
 	}
 	body := quoted[1 : len(quoted)-1]
 	for _, c := range body {
 		if c == '\\' || c == '"' || c < 0x20 {
-			return "", false
+			return nil, false
 		}
 	}
 	if !utf8.Valid(body) {
-		return "", false
+		return nil, false
 	}
-	return string(body), true
+	return body, true
 }
 
 // String decodes a raw JSON value that must be a string.

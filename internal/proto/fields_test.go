@@ -10,7 +10,7 @@ type member struct{ key, value string }
 
 func fieldsOf(data string) ([]member, error) {
 	var out []member
-	err := Fields([]byte(data), func(k string, v []byte) { out = append(out, member{k, string(v)}) })
+	err := Fields([]byte(data), func(k, v []byte) { out = append(out, member{string(k), string(v)}) })
 	return out, err
 }
 
@@ -78,7 +78,7 @@ func FuzzFields(f *testing.F) {
 		var want map[string]json.RawMessage
 		validObject := json.Unmarshal(data, &want) == nil && want != nil
 		got := map[string]string{}
-		err := Fields(data, func(k string, v []byte) { got[k] = string(v) })
+		err := Fields(data, func(k, v []byte) { got[string(k)] = string(v) })
 		if !validObject {
 			return // no crash is all that is asked of garbage
 		}

@@ -9,13 +9,19 @@ import (
 // Object encodes alternating keys and values as a compact JSON object,
 // keeping the given key order so lines read like the protocol document
 // ({"cmd":…,"result":…,…}). A json.RawMessage value is written as is.
-// Strings, integers and booleans are encoded without reflection: every
-// message and reply is built here.
+// Strings, integers and booleans are encoded without reflection, and any
+// other value as null: every message and reply is built here.
 func Object(kv ...any) []byte {
 	b := make([]byte, 0, 64+16*len(kv))
 	b = append(b, '{')
+	return append(appendMembers(b, kv), '}')
+}
+
+// appendMembers appends kv's members, each after a comma unless it is
+// the object's first.
+func appendMembers(b []byte, kv []any) []byte {
 	for i := 0; i+1 < len(kv); i += 2 {
-		if i > 0 {
+		if b[len(b)-1] != '{' {
 			b = append(b, ',')
 		}
 		k, _ := kv[i].(string)
@@ -23,7 +29,7 @@ func Object(kv ...any) []byte {
 		b = append(b, ':')
 		b = appendValue(b, kv[i+1])
 	}
-	return append(b, '}')
+	return b
 }
 
 func appendValue(b []byte, v any) []byte {
@@ -44,11 +50,10 @@ func appendValue(b []byte, v any) []byte {
 		}
 		return append(b, v...)
 	}
-	j, err := json.Marshal(v)
-	if err != nil {
-		return append(b, "null"...)
-	}
-	return append(b, j...)
+	// Other types are not written: encoding them by reflection would make
+	// every argument escape, and each message built here cost an
+	// allocation per value boxed by the caller.
+	return append(b, "null"...)
 }
 
 // AppendString appends s as a JSON string, escaped as encoding/json does
@@ -109,14 +114,25 @@ const hexDigits = "0123456789abcdef"
 
 // Result is the common {"cmd":"<cmd>_reply","result":r, extra…} reply.
 func Result(cmd, r string, extra ...any) []byte {
-	return Object(append([]any{"cmd", cmd + "_reply", "result", r}, extra...)...)
+	return AppendResult(make([]byte, 0, 64+len(cmd)+len(r)+16*len(extra)), cmd, r, extra...)
+}
+
+// AppendResult appends Result(cmd, r, extra...) to b.
+func AppendResult(b []byte, cmd, r string, extra ...any) []byte {
+	b = AppendString(append(b, `{"cmd":`...), cmd)
+	b = append(b[:len(b)-1], `_reply","result":`...) // "_reply" needs no escaping
+	b = AppendString(b, r)
+	return append(appendMembers(b, extra), '}')
 }
 
 // StrField returns the value of a string field of a compact object this
 // package built, without decoding it: for reading "cmd" and "result" of
 // replies on hot paths. Values with escapes are not supported; it returns
 // "" when the field is absent.
-func StrField(obj []byte, key string) string {
+func StrField(obj []byte, key string) string { return string(FieldBytes(obj, key)) }
+
+// FieldBytes is StrField without the copy: the value, in obj.
+func FieldBytes(obj []byte, key string) []byte {
 	for i := 0; i+len(key)+5 <= len(obj); i++ {
 		if obj[i] != '"' || string(obj[i+1:i+1+len(key)]) != key || string(obj[i+1+len(key):i+4+len(key)]) != `":"` {
 			continue
@@ -124,10 +140,10 @@ func StrField(obj []byte, key string) string {
 		v := obj[i+4+len(key):]
 		for j, b := range v {
 			if b == '"' {
-				return string(v[:j])
+				return v[:j]
 			}
 		}
-		return ""
+		return nil
 	}
-	return ""
+	return nil
 }

@@ -17,6 +17,47 @@ func TestObjectKeepsOrderAndEscapes(t *testing.T) {
 	}
 }
 
+func TestResult(t *testing.T) {
+	tests := []struct {
+		name  string
+		got   []byte
+		want  string
+		valid bool
+	}{
+		{"plain", Result("add", "success", "friend", "bob"), `{"cmd":"add_reply","result":"success","friend":"bob"}`, true},
+		{"no extra", Result("login", "unavailable"), `{"cmd":"login_reply","result":"unavailable"}`, true},
+		{"escaped command", Result(`a"b`, "x"), `{"cmd":"a\"b_reply","result":"x"}`, true},
+		{"appended", AppendResult([]byte("prefix "), "private_chat", "success", "user_to", "小明"),
+			`prefix {"cmd":"private_chat_reply","result":"success","user_to":"小明"}`, false},
+		// Values of other types are not encoded by reflection: they are null.
+		{"other types", Object("list", []string{"a"}, "ok", true), `{"list":null,"ok":true}`, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if string(tc.got) != tc.want {
+				t.Fatalf("got %s\nwant %s", tc.got, tc.want)
+			}
+			if tc.valid && !json.Valid(tc.got) {
+				t.Fatal("invalid JSON")
+			}
+		})
+	}
+}
+
+// Building the messages every chat line needs costs one allocation: the
+// line itself, however many values it has.
+func TestObjectAllocations(t *testing.T) {
+	from, to, text := "alice", "bob", strings.Repeat("x", 40)
+	if n := testing.AllocsPerRun(100, func() {
+		_ = Object("cmd", "private_chat", "user_from", from, "user_to", to, "text", text, "time", int64(1), "msg_id", "id")
+	}); n != 1 {
+		t.Errorf("Object: %v allocations", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = Result("private_chat", "success", "user_to", to) }); n != 1 {
+		t.Errorf("Result: %v allocations", n)
+	}
+}
+
 func TestStrField(t *testing.T) {
 	obj := []byte(`{"id":{"cmd":"x"},"cmd":"add_reply","result":"success","friend":"bob","n":3}`)
 	tests := []struct{ key, want string }{
