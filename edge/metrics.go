@@ -18,6 +18,7 @@ type edgeMetrics struct {
 	accepted    *metrics.Counter
 	transfers   *metrics.CounterVec
 	fileBytes   *metrics.Counter
+	labels      metrics.Interner // label values read from replies and deliveries
 }
 
 func newEdgeMetrics(reg *metrics.Registry, e *Edge) *edgeMetrics {
@@ -65,8 +66,8 @@ func newEdgeMetrics(reg *metrics.Registry, e *Edge) *edgeMetrics {
 
 // reply records a direct reply to a command that took took.
 func (m *edgeMetrics) reply(body []byte, took time.Duration) {
-	cmd := strings.TrimSuffix(proto.StrField(body, "cmd"), "_reply")
-	result := proto.StrField(body, "result")
+	cmd := strings.TrimSuffix(m.labels.String(proto.FieldBytes(body, "cmd")), "_reply")
+	result := m.labels.String(proto.FieldBytes(body, "result"))
 	switch cmd {
 	case "pong":
 		cmd, result = "ping", "success"
@@ -79,5 +80,5 @@ func (m *edgeMetrics) reply(body []byte, took time.Duration) {
 
 // delivered counts a line written to sessions from a user subject.
 func (m *edgeMetrics) delivered(line []byte, sessions int) {
-	m.deliveries.With(proto.StrField(line, "cmd")).Add(uint64(sessions))
+	m.deliveries.With(m.labels.String(proto.FieldBytes(line, "cmd"))).Add(uint64(sessions))
 }

@@ -14,6 +14,7 @@ type workerMetrics struct {
 	private     *metrics.CounterVec
 	groupFanout *metrics.Counter
 	reaped      *metrics.Counter
+	labels      metrics.Interner // results read from replies
 }
 
 func newWorkerMetrics(reg *metrics.Registry, w *Worker) *workerMetrics {
@@ -51,7 +52,7 @@ func newWorkerMetrics(reg *metrics.Registry, w *Worker) *workerMetrics {
 }
 
 func (m *workerMetrics) served(cmd string, body []byte, took time.Duration) {
-	m.requests.With(cmd, proto.StrField(body, "result")).Inc()
+	m.requests.With(cmd, m.labels.String(proto.FieldBytes(body, "result"))).Inc()
 	m.latency.With(cmd).Observe(took)
 }
 

@@ -21,8 +21,8 @@ type fields struct {
 
 // decode fills f from a request body, which must be a JSON object.
 func (f *fields) decode(data []byte) error {
-	return proto.Fields(data, func(key string, v []byte) {
-		if p := f.field(key); p != nil {
+	return proto.Fields(data, func(key, v []byte) {
+		if p := f.field(string(key)); p != nil {
 			*p = v
 		}
 	})

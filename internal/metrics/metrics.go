@@ -304,3 +304,41 @@ func formatFloat(f float64) string {
 	}
 	return strconv.FormatFloat(f, 'g', -1, 64)
 }
+
+// Interner turns label values read out of messages (a command, a result)
+// into strings without allocating each time: values seen before come from
+// a map that readers load without a lock, replaced whole when a value is
+// added. It keeps at most maxInterned values and copies the rest, so a
+// stream of unexpected values cannot grow it without bound.
+type Interner struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[string]string]
+}
+
+const maxInterned = 256
+
+// String returns b as a string.
+func (in *Interner) String(b []byte) string {
+	if m := in.m.Load(); m != nil {
+		if s, ok := (*m)[string(b)]; ok {
+			return s
+		}
+	}
+	s := string(b)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	var old map[string]string
+	if p := in.m.Load(); p != nil {
+		old = *p
+	}
+	if len(old) >= maxInterned {
+		return s
+	}
+	m := make(map[string]string, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	m[s] = s
+	in.m.Store(&m)
+	return s
+}
