@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,6 +57,16 @@ type conn struct {
 	user    string        // bound user; only the read loop touches it
 	started time.Time     // when the request being handled was read
 	seen    atomic.Uint64 // highest log sequence this session has observed
+	wait    *waiter       // the read loop's, for its requests; nil while parked
+	out     []byte        // the read loop's buffer for reply lines; nil while parked
+
+	// The write attempt under way (see tryWrite); only the holder of busy
+	// touches these. attemptFn is attempt, bound once: a closure made per
+	// write would be an allocation per line.
+	attemptFn   func(fd uintptr) bool
+	attemptLine []byte
+	attemptN    int
+	attemptErr  error
 }
 
 func newConn(e *Edge, sock net.Conn) *conn {
@@ -63,6 +74,7 @@ func newConn(e *Edge, sock net.Conn) *conn {
 	if sc, ok := sock.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn() // nil: the writer goroutine writes everything
 	}
+	c.attemptFn = c.attempt
 	return c
 }
 
@@ -144,12 +156,14 @@ func (c *conn) wakeWriter(start bool) {
 // waiting to be written: a reply from the read loop, which has nothing
 // else to do meanwhile, or a private message from the dispatcher. Waking
 // the writer goroutine for one line costs more than the line. The attempt
-// never blocks; what the socket does not take goes to the writer.
-func (c *conn) sendNow(line []byte) {
+// never blocks; what the socket does not take goes to the writer. A
+// borrowed line is the caller's buffer, which it reuses once sendNow
+// returns: what has to wait for the writer is copied first.
+func (c *conn) sendNow(line []byte, borrowed bool) {
 	c.mu.Lock()
 	if c.closed || c.busy || len(c.queue) > 0 {
 		c.mu.Unlock()
-		c.send(line)
+		c.send(own(line, borrowed))
 		return
 	}
 	c.busy = true
@@ -165,7 +179,7 @@ func (c *conn) sendNow(line []byte) {
 	if len(rest) > 0 {
 		c.queue = append(c.queue, nil)
 		copy(c.queue[1:], c.queue)
-		c.queue[0] = rest
+		c.queue[0] = own(rest, borrowed)
 	}
 	if len(c.queue) == 0 {
 		c.noneQueued()
@@ -178,27 +192,24 @@ func (c *conn) sendNow(line []byte) {
 	c.wakeWriter(start) // a running writer waited while we wrote
 }
 
+// own returns b, or a copy of it when it is borrowed.
+func own(b []byte, borrowed bool) []byte {
+	if borrowed {
+		return bytes.Clone(b)
+	}
+	return b
+}
+
 // tryWrite makes one non-blocking attempt to write line and returns what
 // the socket did not take; an error means the connection is broken.
 func (c *conn) tryWrite(line []byte) ([]byte, error) {
 	if c.raw == nil {
 		return line, nil
 	}
-	var n int
-	var werr error
-	err := c.raw.Write(func(fd uintptr) bool { // one attempt
-		for n < len(line) {
-			m, again, err := writeOnce(fd, line[n:])
-			if err != nil {
-				werr = err
-			}
-			if err != nil || again {
-				break
-			}
-			n += m
-		}
-		return true // never wait for the socket: the writer goroutine does
-	})
+	c.attemptLine, c.attemptN, c.attemptErr = line, 0, nil
+	err := c.raw.Write(c.attemptFn)
+	n, werr := c.attemptN, c.attemptErr
+	c.attemptLine, c.attemptErr = nil, nil
 	switch {
 	case werr != nil:
 		return nil, werr
@@ -210,6 +221,23 @@ func (c *conn) tryWrite(line []byte) ([]byte, error) {
 		return nil, err
 	}
 	return line[n:], nil
+}
+
+// attempt is tryWrite's one pass over the socket: it writes what the
+// socket takes of attemptLine without waiting for room.
+func (c *conn) attempt(fd uintptr) bool {
+	line := c.attemptLine
+	for c.attemptN < len(line) {
+		m, again, err := writeOnce(fd, line[c.attemptN:])
+		if err != nil {
+			c.attemptErr = err
+		}
+		if err != nil || again {
+			break
+		}
+		c.attemptN += m
+	}
+	return true // never wait for the socket: the writer goroutine does
 }
 
 // noneQueued wakes flush waiters once nothing is queued or being written;
@@ -403,7 +431,9 @@ func (c *conn) park() bool {
 		return false
 	}
 	c.parked = true
-	c.dec = nil // its read buffer goes with the goroutine
+	c.dec = nil  // its read buffer goes with the goroutine,
+	c.wait = nil // and so do its waiter
+	c.out = nil  // and its reply buffer
 	return true
 }
 
@@ -443,8 +473,8 @@ func (c *conn) stop(fatal string) {
 func (c *conn) handle(frame []byte) {
 	c.started = time.Now()
 	var rawCmd, id json.RawMessage
-	err := proto.Fields(frame, func(k string, v []byte) {
-		switch k {
+	err := proto.Fields(frame, func(k, v []byte) {
+		switch string(k) {
 		case "cmd":
 			rawCmd = v
 		case "id":
@@ -519,7 +549,10 @@ func (c *conn) ask(ctx context.Context, cmd string, frame []byte, hdr nats.Heade
 		m.Header.Set(proto.HdrSeq, strconv.FormatUint(s, 10))
 	}
 	m.Data = frame
-	reply, err := c.e.request(ctx, m)
+	if c.wait == nil {
+		c.wait = newWaiter()
+	}
+	reply, err := c.e.requestVia(ctx, m, c.wait)
 	if errors.Is(err, nats.ErrTimeout) {
 		err = context.DeadlineExceeded
 	}
@@ -588,20 +621,33 @@ func (c *conn) logout(ctx context.Context) {
 }
 
 // reply writes a direct reply, echoing the request's id when it had one.
+// Only the read loop replies: the line is built in its buffer.
 func (c *conn) reply(id json.RawMessage, body []byte) {
 	c.e.metrics.reply(body, time.Since(c.started))
-	c.sendNow(withID(body, id))
+	c.out = appendWithID(c.out[:0], body, id)
+	c.sendNow(c.out, true)
+	if cap(c.out) > maxKeptLine {
+		c.out = nil // a long reply's buffer is not kept for the short ones
+	}
 }
+
+// maxKeptLine bounds the line buffers kept for reuse.
+const maxKeptLine = 4096
 
 // withID returns body as a line, with "id" spliced in first when given.
 func withID(body []byte, id json.RawMessage) []byte {
+	return appendWithID(make([]byte, 0, len(body)+len(id)+8), body, id)
+}
+
+// appendWithID appends body to out as a line, with "id" spliced in first
+// when given.
+func appendWithID(out, body []byte, id json.RawMessage) []byte {
 	if len(body) > 0 && body[len(body)-1] == '\n' {
 		body = body[:len(body)-1]
 	}
 	if len(id) == 0 || len(body) < 2 {
-		return append(body[:len(body):len(body)], '\n')
+		return append(append(out, body...), '\n')
 	}
-	out := make([]byte, 0, len(body)+len(id)+8)
 	out = append(out, `{"id":`...)
 	out = append(out, id...)
 	if body[1] != '}' {

@@ -163,6 +163,7 @@ type Edge struct {
 	// deliveries is shared by every per-user subscription: one dispatcher
 	// goroutine serves them all instead of one goroutine per user.
 	deliveries chan *nats.Msg
+	line       []byte // the dispatcher's buffer for a line it writes itself
 
 	mu        sync.Mutex
 	users     map[string]*userEntry
@@ -559,6 +560,11 @@ func (e *Edge) unbind(ctx context.Context, c *conn, user string) bool {
 // a growing pause until ctx ends, so a rolling restart costs clients a
 // short wait rather than an error.
 func (e *Edge) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
+	return e.requestVia(ctx, m, nil)
+}
+
+// requestVia is request with the caller's waiter (nil: a new one).
+func (e *Edge) requestVia(ctx context.Context, m *nats.Msg, w *waiter) (*nats.Msg, error) {
 	pause := 20 * time.Millisecond
 	var last error = context.DeadlineExceeded
 	for {
@@ -568,7 +574,7 @@ func (e *Edge) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
 		if left <= 0 {
 			return nil, last
 		}
-		reply, err := e.replies.request(m, left)
+		reply, err := e.replies.request(m, left, w)
 		if !errors.Is(err, nats.ErrNoResponders) {
 			return reply, err
 		}
@@ -723,8 +729,7 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 	if m.Header != nil {
 		seq = proto.Seq(m.Header.Get(proto.HdrSeq))
 	}
-	line := make([]byte, 0, len(m.Data)+1)
-	line = append(append(line, m.Data...), '\n')
+	var line []byte // shared by the sessions' queues
 	target, handedOff := proto.HandoffTarget(m.Reply)
 	e.mu.Lock()
 	u := e.subjects[m.Subject]
@@ -738,6 +743,9 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 				only = c
 				break
 			}
+			if line == nil {
+				line = append(append(make([]byte, 0, len(m.Data)+1), m.Data...), '\n')
+			}
 			c.send(line)
 		}
 	}
@@ -749,7 +757,13 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 		// are left to the writers, which batch them; so are private ones
 		// once deliveries queue up here, so that the system calls spread
 		// over the writers and the cores rather than hold up this loop.
-		only.sendNow(line)
+		// The line is built in the dispatcher's own buffer, copied only if
+		// the socket does not take it at once.
+		e.line = append(append(e.line[:0], m.Data...), '\n')
+		only.sendNow(e.line, true)
+		if cap(e.line) > maxKeptLine {
+			e.line = nil
+		}
 	}
 	if n == 0 {
 		if handedOff {
@@ -761,9 +775,8 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 	e.metrics.delivered(m.Data, n)
 	switch {
 	case handedOff:
-		ack := proto.Result("private_chat", "success", "user_to", name)
-		if !e.replies.local(target, ack) {
-			_ = e.nc.Publish(target, ack)
+		if !e.replies.confirmLocal(target, name) {
+			_ = e.nc.Publish(target, proto.Result("private_chat", "success", "user_to", name))
 		}
 	case m.Reply != "":
 		_ = m.Respond(nil)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/chatd-io/chatd/internal/proto"
 )
 
 // replies is the edge's own request/reply to the workers. The recipient's
@@ -23,11 +25,84 @@ type replies struct {
 	next   atomic.Uint64
 
 	mu      sync.Mutex
-	waiting map[string]chan *nats.Msg // by reply subject
+	waiting map[uint64]*waiter // by the token that ends the reply subject
+}
+
+// waiter is where one requester at a time waits for its replies. A
+// client connection keeps one for all its requests, so that asking a
+// worker costs no channel and no timer of its own.
+type waiter struct {
+	ch    chan *nats.Msg // buffered for one; empty between requests
+	timer *time.Timer
+
+	mu   sync.Mutex
+	want uint64 // the token waited for; 0 between requests
+
+	// A confirmation handed over in memory is built here: the requester
+	// is done with the last one before it asks again.
+	local    nats.Msg
+	localBuf []byte
+}
+
+func newWaiter() *waiter {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &waiter{ch: make(chan *nats.Msg, 1), timer: t}
+}
+
+// offer hands m to the waiter if it still waits for tok. A reply that
+// comes after its request gave up is dropped here, so it can never be
+// taken for the answer to a later request.
+func (w *waiter) offer(tok uint64, m *nats.Msg) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.want != tok {
+		return
+	}
+	w.want = 0
+	select {
+	case w.ch <- m:
+	default: // cannot happen: only the awaited token is sent, once
+	}
+}
+
+// confirm hands the waiter, if it still waits for tok, the confirmation
+// of a private message to user.
+func (w *waiter) confirm(tok uint64, subject, user string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.want != tok {
+		return
+	}
+	w.want = 0
+	w.localBuf = proto.AppendResult(w.localBuf[:0], "private_chat", "success", "user_to", user)
+	w.local = nats.Msg{Subject: subject, Data: w.localBuf}
+	select {
+	case w.ch <- &w.local:
+	default: // cannot happen: only the awaited token is sent, once
+	}
+}
+
+// expect starts waiting for tok.
+func (w *waiter) expect(tok uint64) {
+	w.mu.Lock()
+	w.want = tok
+	w.mu.Unlock()
+}
+
+// abandon stops waiting, and drops a reply that arrived meanwhile.
+func (w *waiter) abandon() {
+	w.mu.Lock()
+	w.want = 0
+	select {
+	case <-w.ch:
+	default:
+	}
+	w.mu.Unlock()
 }
 
 func newReplies(nc *nats.Conn) (*replies, error) {
-	r := &replies{nc: nc, prefix: nc.NewInbox() + ".", waiting: make(map[string]chan *nats.Msg)}
+	r := &replies{nc: nc, prefix: nc.NewInbox() + ".", waiting: make(map[uint64]*waiter)}
 	sub, err := nc.Subscribe(r.prefix+"*", r.arrived)
 	if err != nil {
 		return nil, err
@@ -42,57 +117,76 @@ func newReplies(nc *nats.Conn) (*replies, error) {
 // arrived hands a reply that came over NATS to its waiter, if it still waits.
 func (r *replies) arrived(m *nats.Msg) { r.deliver(m.Subject, m) }
 
-// local reports whether subject is a reply to this edge, and if so hands
-// it data as the reply, without NATS.
-func (r *replies) local(subject string, data []byte) bool {
+// confirmLocal reports whether subject is a reply to this edge, and if
+// so confirms to its waiter, without NATS, a private message delivered to
+// user.
+func (r *replies) confirmLocal(subject, user string) bool {
 	if !strings.HasPrefix(subject, r.prefix) {
 		return false
 	}
-	r.deliver(subject, &nats.Msg{Subject: subject, Data: data})
+	if tok, w := r.take(subject); w != nil {
+		w.confirm(tok, subject, user)
+	}
 	return true
 }
 
 func (r *replies) deliver(subject string, m *nats.Msg) {
-	r.mu.Lock()
-	ch := r.waiting[subject]
-	delete(r.waiting, subject)
-	r.mu.Unlock()
-	if ch != nil {
-		ch <- m // buffered for one
+	if tok, w := r.take(subject); w != nil {
+		w.offer(tok, m)
 	}
+}
+
+// take removes and returns the waiter for reply subject, if any.
+func (r *replies) take(subject string) (uint64, *waiter) {
+	tok, err := strconv.ParseUint(strings.TrimPrefix(subject, r.prefix), 10, 64)
+	if err != nil {
+		return 0, nil
+	}
+	r.mu.Lock()
+	w := r.waiting[tok]
+	delete(r.waiting, tok)
+	r.mu.Unlock()
+	return tok, w
 }
 
 // request publishes m with a reply subject of this edge's and waits for
 // the reply at most wait, like nats.Conn.RequestMsg: its errors are
-// nats.ErrNoResponders and nats.ErrTimeout.
-func (r *replies) request(m *nats.Msg, wait time.Duration) (*nats.Msg, error) {
-	subject := r.prefix + strconv.FormatUint(r.next.Add(1), 10)
-	ch := make(chan *nats.Msg, 1)
+// nats.ErrNoResponders and nats.ErrTimeout. w is the caller's waiter, or
+// nil for a new one; a waiter serves one request at a time, and the reply
+// it returns may be reused by its next request.
+func (r *replies) request(m *nats.Msg, wait time.Duration, w *waiter) (*nats.Msg, error) {
+	if w == nil {
+		w = newWaiter()
+	}
+	tok := r.next.Add(1)
+	w.expect(tok)
 	r.mu.Lock()
-	r.waiting[subject] = ch
+	r.waiting[tok] = w
 	r.mu.Unlock()
-	m.Reply = subject
+	m.Reply = r.prefix + strconv.FormatUint(tok, 10)
 	if err := r.nc.PublishMsg(m); err != nil {
-		r.forget(subject)
+		r.forget(tok)
+		w.abandon()
 		return nil, err
 	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
+	w.timer.Reset(wait)
 	select {
-	case reply := <-ch:
+	case reply := <-w.ch:
+		w.timer.Stop()
 		if len(reply.Data) == 0 && reply.Header.Get("Status") == "503" {
 			return nil, nats.ErrNoResponders
 		}
 		return reply, nil
-	case <-t.C:
-		r.forget(subject)
+	case <-w.timer.C:
+		r.forget(tok)
+		w.abandon()
 		return nil, nats.ErrTimeout
 	}
 }
 
-func (r *replies) forget(subject string) {
+func (r *replies) forget(tok uint64) {
 	r.mu.Lock()
-	delete(r.waiting, subject)
+	delete(r.waiting, tok)
 	r.mu.Unlock()
 }
 
