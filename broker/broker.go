@@ -286,8 +286,12 @@ func (b *Broker) MonitorAddr() string {
 }
 
 // Connect opens an in-process client connection: no sockets, no ports.
+// Its writes have no deadline: on an in-process pipe each one would start
+// and stop a timer for every flush, and the reader at the other end is
+// this process's own server, not a network that can stall.
 func (b *Broker) Connect(name string, opts ...nats.Option) (*nats.Conn, error) {
-	opts = append([]nats.Option{nats.Name(name), nats.InProcessServer(b.ns), nats.MaxReconnects(-1)}, opts...)
+	opts = append([]nats.Option{nats.Name(name), nats.InProcessServer(b.ns), nats.MaxReconnects(-1),
+		nats.FlusherTimeout(0)}, opts...)
 	nc, err := nats.Connect("", opts...)
 	if err != nil {
 		return nil, fmt.Errorf("broker: in-process connect: %w", err)
