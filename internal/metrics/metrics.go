@@ -104,44 +104,53 @@ func (k seriesKey) less(o seriesKey) bool {
 }
 
 // family holds the series of one metric, told apart by label values, and
-// keeps them in label order for the exposition.
+// keeps them in label order for the exposition. Series are looked up on
+// every request, from every core: readers load the map without a lock
+// (a read lock's shared counter alone costs more than the lookup when
+// cores contend for it), and a new series replaces the map whole.
 type family[T any] struct {
-	mu     sync.RWMutex
-	series map[seriesKey]*T
-	order  []seriesKey
+	mu     sync.Mutex // serialises new series
+	series atomic.Pointer[map[seriesKey]*T]
+	order  []seriesKey // under mu
 }
 
 // get returns the series for values, making it with mk the first time.
-// Callers on hot paths keep the result.
 func (f *family[T]) get(values []string, mk func() *T) *T {
 	key := keyOf(values)
-	f.mu.RLock()
-	s, ok := f.series[key]
-	f.mu.RUnlock()
-	if ok {
-		return s
+	if m := f.series.Load(); m != nil {
+		if s, ok := (*m)[key]; ok {
+			return s
+		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if s, ok := f.series[key]; ok {
+	var old map[seriesKey]*T
+	if p := f.series.Load(); p != nil {
+		old = *p
+	}
+	if s, ok := old[key]; ok {
 		return s
 	}
-	if f.series == nil {
-		f.series = map[seriesKey]*T{}
+	m := make(map[seriesKey]*T, len(old)+1)
+	for k, v := range old {
+		m[k] = v
 	}
-	s = mk()
-	f.series[key] = s
+	s := mk()
+	m[key] = s
 	f.order = append(f.order, key)
 	sort.Slice(f.order, func(i, j int) bool { return f.order[i].less(f.order[j]) })
+	f.series.Store(&m)
 	return s
 }
 
 // each calls fn for every series, in label order.
 func (f *family[T]) each(fn func(*T)) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	for _, k := range f.order {
-		fn(f.series[k])
+	f.mu.Lock()
+	order := append([]seriesKey(nil), f.order...)
+	f.mu.Unlock()
+	m := f.series.Load()
+	for _, k := range order {
+		fn((*m)[k])
 	}
 }
 

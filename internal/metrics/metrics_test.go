@@ -72,3 +72,14 @@ func BenchmarkCounterWith(b *testing.B) {
 		c.With("private_chat", "success").Inc()
 	}
 }
+
+// The same from every core at once, as edges and workers do.
+func BenchmarkCounterWithParallel(b *testing.B) {
+	c := New().NewCounterVec("x_total", "x", "cmd", "result")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c.With("private_chat", "success")
+		}
+	})
+}
