@@ -67,6 +67,14 @@ type conn struct {
 	attemptLine []byte
 	attemptN    int
 	attemptErr  error
+
+	// The writer's: the batch being written, kept here because a local
+	// net.Buffers would escape at every write, and when the write
+	// deadline is next renewed.
+	wbufs     net.Buffers
+	wdRenewAt time.Time
+	// The read loop's: when the read deadline is next renewed.
+	rdRenewAt time.Time
 }
 
 func newConn(e *Edge, sock net.Conn) *conn {
@@ -301,9 +309,10 @@ func (c *conn) writeLoop() {
 		c.busy = true
 		c.mu.Unlock()
 
-		_ = c.sock.SetWriteDeadline(time.Now().Add(c.e.opts.WriteTimeout))
-		bufs := net.Buffers(batch)
-		_, err := bufs.WriteTo(c.sock)
+		c.renewWriteDeadline()
+		c.wbufs = batch
+		_, err := c.wbufs.WriteTo(c.sock)
+		c.wbufs = nil
 		clear(batch)
 		c.mu.Lock()
 		c.busy = false
@@ -315,6 +324,20 @@ func (c *conn) writeLoop() {
 			c.close()
 		}
 	}
+}
+
+// renewWriteDeadline moves the write deadline WriteTimeout ahead, but
+// only once a quarter of it has passed since the last move: setting a
+// deadline reschedules a runtime timer, and the writer writes far more
+// often than that. A client is thus disconnected after between three
+// quarters of WriteTimeout and all of it without taking anything.
+func (c *conn) renewWriteDeadline() {
+	now := time.Now()
+	if now.Before(c.wdRenewAt) {
+		return
+	}
+	_ = c.sock.SetWriteDeadline(now.Add(c.e.opts.WriteTimeout))
+	c.wdRenewAt = now.Add(c.e.opts.WriteTimeout / 4)
 }
 
 // flush waits until everything queued so far is written or the
@@ -363,11 +386,17 @@ type idleReader struct{ c *conn }
 func (r idleReader) Read(p []byte) (int, error) {
 	c := r.c
 	for {
-		deadline := time.Now().Add(c.e.opts.IdleAfter)
+		// Moved only once a quarter of IdleAfter has passed since the last
+		// move, as the write deadline is: a connection is parked after
+		// between three quarters of IdleAfter and all of it in silence.
+		now := time.Now()
 		if d := c.drainAt.Load(); d != 0 {
-			deadline = time.Unix(0, d)
+			_ = c.sock.SetReadDeadline(time.Unix(0, d))
+			c.rdRenewAt = time.Time{} // the next deadline after a drain is set afresh
+		} else if !now.Before(c.rdRenewAt) {
+			_ = c.sock.SetReadDeadline(now.Add(c.e.opts.IdleAfter))
+			c.rdRenewAt = now.Add(c.e.opts.IdleAfter / 4)
 		}
-		_ = c.sock.SetReadDeadline(deadline)
 		n, err := c.sock.Read(p)
 		// Only our own deadline means idle: ETIMEDOUT (a peer that
 		// stopped answering keepalives) is a Timeout() error too.
