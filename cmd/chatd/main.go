@@ -102,6 +102,7 @@ type flagSet struct {
 	*flag.FlagSet
 	logLevel   string
 	check      bool
+	gc         gcFlags
 	set        map[string]bool // flags given on the command line or in the environment
 	unknownEnv []string        // CHATD_* variables that are no flag of this command
 }
@@ -111,6 +112,7 @@ func newFlagSet(name string, stderr io.Writer) *flagSet {
 	fs.SetOutput(stderr)
 	fs.StringVar(&fs.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&fs.check, "check", false, "check the configuration (flags, environment, files), print it and exit")
+	fs.gc.register(fs)
 	return fs
 }
 
@@ -149,7 +151,9 @@ func (fs *flagSet) parse(args []string) error {
 	return err
 }
 
-func (fs *flagSet) logger(stderr io.Writer) (*slog.Logger, error) {
+// setup builds the logger and applies the settings of the whole process
+// (the garbage collector's).
+func (fs *flagSet) setup(stderr io.Writer) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(fs.logLevel)); err != nil {
 		return nil, usageError{fmt.Errorf("--log-level: %w", err)}
@@ -158,6 +162,9 @@ func (fs *flagSet) logger(stderr io.Writer) (*slog.Logger, error) {
 	if len(fs.unknownEnv) > 0 {
 		// A typo in an environment file would otherwise go unnoticed.
 		log.Warn("ignoring environment variables that are not flags of this command", "vars", fs.unknownEnv)
+	}
+	if err := fs.gc.apply(fs, log); err != nil {
+		return nil, err
 	}
 	return log, nil
 }
@@ -412,7 +419,7 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	log, err := fs.logger(stderr)
+	log, err := fs.setup(stderr)
 	if err != nil {
 		return err
 	}
@@ -480,7 +487,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	if bf.natsListen == "" && bf.config == "" {
 		return usageError{errors.New("--nats-listen is required")}
 	}
-	log, err := fs.logger(stderr)
+	log, err := fs.setup(stderr)
 	if err != nil {
 		return err
 	}
@@ -519,7 +526,7 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	log, err := fs.logger(stderr)
+	log, err := fs.setup(stderr)
 	if err != nil {
 		return err
 	}
@@ -569,7 +576,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	log, err := fs.logger(stderr)
+	log, err := fs.setup(stderr)
 	if err != nil {
 		return err
 	}
