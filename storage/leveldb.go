@@ -46,7 +46,8 @@ type LevelDB struct {
 	lastSeq atomic.Uint64
 
 	// Friend lists are read at every login and logout (to tell friends),
-	// a group's members at every group message, and a friendship is
+	// a user's groups at every login, a group's members at every group
+	// message, and a friendship is
 	// checked at every private message: a LevelDB iterator or lookup costs
 	// far more than a map lookup. Lists are cached by key prefix and name
 	// ("F:alice", "M:team"), and membership is answered from a cached list.
@@ -57,6 +58,10 @@ type LevelDB struct {
 	cacheMu sync.RWMutex
 	lists   map[string]*nameList
 	gen     uint64
+	// Users are read at every login. A user's record never changes once
+	// registered (the first registration wins), so a cached one cannot go
+	// stale; only users that exist are cached.
+	users map[string]User
 }
 
 // nameList is a cached friend or member list, with a set for long lists.
@@ -117,7 +122,7 @@ func OpenMem() (*LevelDB, error) {
 }
 
 func newLevelDB(db *leveldb.DB) (*LevelDB, error) {
-	s := &LevelDB{db: db, lists: map[string]*nameList{}}
+	s := &LevelDB{db: db, lists: map[string]*nameList{}, users: map[string]User{}}
 	v, err := db.Get(keySeq, nil)
 	switch {
 	case errors.Is(err, leveldb.ErrNotFound):
@@ -154,7 +159,7 @@ func (s *LevelDB) Apply(seq uint64, ev Event) error {
 	case EvFriendAdded:
 		stale = []string{"F:" + ev.User, "F:" + ev.Friend}
 	case EvGroupCreated, EvMemberJoined:
-		stale = []string{"M:" + ev.Group}
+		stale = []string{"M:" + ev.Group, "G:" + ev.User}
 	}
 	return s.write(seq, stale, func(b *leveldb.Batch) error {
 		switch ev.Type {
@@ -256,16 +261,35 @@ func (s *LevelDB) has(k []byte) (bool, error) {
 
 // User implements Store.
 func (s *LevelDB) User(name string) (User, error) {
-	var u User
+	s.cacheMu.RLock()
+	u, ok := s.users[name]
+	s.cacheMu.RUnlock()
+	if ok {
+		return u, nil
+	}
 	if err := s.getJSON(key("u:", name), &u); err != nil {
 		return User{}, err
 	}
 	u.Name = name
+	s.cacheMu.Lock()
+	if len(s.users) >= maxCachedLists {
+		clear(s.users)
+	}
+	s.users[name] = u
+	s.cacheMu.Unlock()
 	return u, nil
 }
 
 // HasUser implements Store.
-func (s *LevelDB) HasUser(name string) (bool, error) { return s.has(key("u:", name)) }
+func (s *LevelDB) HasUser(name string) (bool, error) {
+	s.cacheMu.RLock()
+	_, ok := s.users[name]
+	s.cacheMu.RUnlock()
+	if ok {
+		return true, nil
+	}
+	return s.has(key("u:", name))
+}
 
 // HasGroup implements Store. A group has members from its creation on, so
 // a cached member list answers too.
@@ -376,8 +400,15 @@ func (s *LevelDB) cachedList(prefix, name string) (*nameList, error) {
 	return l, nil
 }
 
-// Groups implements Store.
-func (s *LevelDB) Groups(user string) ([]string, error) { return s.list("G:", user) }
+// Groups implements Store. The list returned is shared: callers must not
+// modify it.
+func (s *LevelDB) Groups(user string) ([]string, error) {
+	l, err := s.cachedList("G:", user)
+	if err != nil {
+		return nil, err
+	}
+	return l.names, nil
+}
 
 func (s *LevelDB) list(prefix, name string) ([]string, error) {
 	it := s.db.NewIterator(util.BytesPrefix(key(prefix, name+"\x00")), nil)

@@ -234,6 +234,9 @@ func TestCachedMembershipFollowsApplies(t *testing.T) {
 				if ok, _ := s.IsMember("g", u); ok {
 					t.Fatalf("%s is a member before joining", u)
 				}
+				if g, _ := s.Groups(u); len(g) != 0 { // cached, empty
+					t.Fatalf("%s is in groups %q before joining", u, g)
+				}
 				apply(t, s, Event{Type: EvFriendAdded, User: u, Friend: "a"},
 					Event{Type: EvMemberJoined, User: u, Group: "g"})
 				if ok, _ := s.AreFriends("a", u); !ok {
@@ -245,6 +248,12 @@ func TestCachedMembershipFollowsApplies(t *testing.T) {
 				if ok, _ := s.IsMember("g", u); !ok {
 					t.Fatalf("%s is not a member after joining", u)
 				}
+				if g, _ := s.Groups(u); !slices.Equal(g, []string{"g"}) {
+					t.Fatalf("%s is in groups %q after joining g", u, g)
+				}
+				if usr, err := s.User(u); err != nil || usr.Name != u || usr.Hash != "h" {
+					t.Fatalf("User(%s) = %+v, %v", u, usr, err)
+				}
 			}
 			if ok, _ := s.HasGroup("g"); !ok {
 				t.Fatal("group g does not exist")
@@ -254,6 +263,13 @@ func TestCachedMembershipFollowsApplies(t *testing.T) {
 			}
 			if ok, _ := s.AreFriends("a", "nobody"); ok {
 				t.Fatal("a is a friend of nobody")
+			}
+			if _, err := s.User("nobody"); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("User(nobody): %v", err)
+			}
+			apply(t, s, Event{Type: EvUserRegistered, User: "nobody", Hash: "h2"})
+			if ok, _ := s.HasUser("nobody"); !ok {
+				t.Fatal("a user registered after a miss does not exist")
 			}
 		})
 	}
