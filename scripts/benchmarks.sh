@@ -4,7 +4,7 @@
 # two edges in separate processes, a raw NATS loop for comparison, and the
 # Go benchmarks. Usage: scripts/benchmarks.sh [OUTDIR [PART...]], where a
 # PART is one of private group login idle nats files go (all by default);
-# the whole run takes about 13 minutes.
+# the whole run takes about 10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d /tmp/chatd-bench.XXXXXX)}
