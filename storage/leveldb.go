@@ -259,11 +259,16 @@ func (s *LevelDB) has(k []byte) (bool, error) {
 	return ok, nil
 }
 
+func (s *LevelDB) cachedUser(name string) (User, bool) {
+	s.cacheMu.RLock()
+	defer s.cacheMu.RUnlock()
+	u, ok := s.users[name]
+	return u, ok
+}
+
 // User implements Store.
 func (s *LevelDB) User(name string) (User, error) {
-	s.cacheMu.RLock()
-	u, ok := s.users[name]
-	s.cacheMu.RUnlock()
+	u, ok := s.cachedUser(name)
 	if ok {
 		return u, nil
 	}
@@ -282,10 +287,7 @@ func (s *LevelDB) User(name string) (User, error) {
 
 // HasUser implements Store.
 func (s *LevelDB) HasUser(name string) (bool, error) {
-	s.cacheMu.RLock()
-	_, ok := s.users[name]
-	s.cacheMu.RUnlock()
-	if ok {
+	if _, ok := s.cachedUser(name); ok {
 		return true, nil
 	}
 	return s.has(key("u:", name))
