@@ -116,6 +116,7 @@ func (c *conn) close() {
 		c.mu.Unlock()
 		c.unpark()
 		close(c.done)
+		c.wakeWriter(false) // a waiting writer sees closed and ends
 		_ = c.sock.Close()
 	})
 }
@@ -267,11 +268,17 @@ func (c *conn) observe(seq uint64) {
 	}
 }
 
-// writeLoop writes what is queued, in batches, and ends after writerIdle
-// with nothing to write.
+// writeLoop writes what is queued, in batches, and ends once it has had
+// nothing to write for writerIdle. It waits on kick alone, which every
+// line, a flush, the close and its idle timer send: one channel is
+// cheaper to wait on than a select over several, at every line.
 func (c *conn) writeLoop() {
-	idle := time.NewTimer(writerIdle)
+	last := time.Now() // when the writer last wrote
+	// The timer only wakes the writer to look at last; it is moved once
+	// per writerIdle at most, not at every wait.
+	idle := time.AfterFunc(writerIdle, func() { c.wakeWriter(false) })
 	defer idle.Stop()
+	due := last.Add(writerIdle) // when the timer fires
 	for {
 		// Let whatever else is runnable go first: under load it is other
 		// deliveries, often to this same client, and one system call then
@@ -286,30 +293,28 @@ func (c *conn) writeLoop() {
 				c.mu.Unlock()
 				return
 			}
-			c.mu.Unlock()
-			idle.Reset(writerIdle)
-			select {
-			case <-c.kick:
-				continue
-			case <-c.done:
-			case <-idle.C:
+			if len(batch) == 0 {
+				if now := time.Now(); now.Sub(last) >= writerIdle {
+					// Idle long enough; nothing is queued while mu is held.
+					c.writing = false
+					c.spare = nil
+					c.mu.Unlock()
+					return
+				} else if !due.After(now) {
+					due = last.Add(writerIdle)
+					idle.Reset(due.Sub(now))
+				}
 			}
-			c.mu.Lock()
-			if len(c.queue) > 0 && !c.closed {
-				c.mu.Unlock()
-				continue // a line arrived as the timer fired
-			}
-			c.writing = false
-			c.spare = nil
-			c.noneQueued() // a flush started as the timer fired
 			c.mu.Unlock()
-			return
+			<-c.kick
+			continue
 		}
 		c.queue, c.spare = c.spare[:0], nil // the two arrays take turns
 		c.busy = true
 		c.mu.Unlock()
 
-		c.renewWriteDeadline()
+		last = time.Now()
+		c.renewWriteDeadline(last)
 		c.wbufs = batch
 		_, err := c.wbufs.WriteTo(c.sock)
 		c.wbufs = nil
@@ -331,8 +336,7 @@ func (c *conn) writeLoop() {
 // deadline reschedules a runtime timer, and the writer writes far more
 // often than that. A client is thus disconnected after between three
 // quarters of WriteTimeout and all of it without taking anything.
-func (c *conn) renewWriteDeadline() {
-	now := time.Now()
+func (c *conn) renewWriteDeadline(now time.Time) {
 	if now.Before(c.wdRenewAt) {
 		return
 	}
