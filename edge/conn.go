@@ -258,8 +258,13 @@ func (c *conn) noneQueued() {
 	}
 }
 
-// observe raises the session's seen sequence.
+// observe raises the session's seen sequence. Most deliveries carry none
+// (a chat line moves nobody's position in the log): those leave the
+// connection's memory alone.
 func (c *conn) observe(seq uint64) {
+	if seq == 0 {
+		return
+	}
 	for {
 		cur := c.seen.Load()
 		if seq <= cur || c.seen.CompareAndSwap(cur, seq) {
