@@ -47,9 +47,8 @@ type LevelDB struct {
 
 	// Friend lists are read at every login and logout (to tell friends),
 	// a user's groups at every login, a group's members at every group
-	// message, and a friendship is
-	// checked at every private message: a LevelDB iterator or lookup costs
-	// far more than a map lookup. Lists are cached by key prefix and name
+	// message, and a friendship is checked at every private message: a
+	// LevelDB iterator or lookup costs far more than a map lookup. Lists are cached by key prefix and name
 	// ("F:alice", "M:team"), and membership is answered from a cached list.
 	// Entries are dropped when an event that changes them is applied; the
 	// whole cache is dropped when it reaches maxCachedLists, which bounds
@@ -296,7 +295,7 @@ func (s *LevelDB) HasUser(name string) (bool, error) {
 // HasGroup implements Store. A group has members from its creation on, so
 // a cached member list answers too.
 func (s *LevelDB) HasGroup(name string) (bool, error) {
-	if l := s.cached("M:", name); l != nil && len(l.names) > 0 {
+	if l, _ := s.cached("M:", name); l != nil && len(l.names) > 0 {
 		return true, nil
 	}
 	return s.has(key("g:", name))
@@ -327,61 +326,56 @@ func (s *LevelDB) getJSON(k []byte, v any) error {
 }
 
 // AreFriends implements Store, from a's friend list.
-func (s *LevelDB) AreFriends(a, b string) (bool, error) {
-	l, err := s.cachedList("F:", a)
-	if err != nil {
-		return false, err
-	}
-	return l.has(b), nil
-}
+func (s *LevelDB) AreFriends(a, b string) (bool, error) { return s.listHas("F:", a, b) }
 
 // IsMember implements Store, from the group's member list.
-func (s *LevelDB) IsMember(group, user string) (bool, error) {
-	l, err := s.cachedList("M:", group)
-	if err != nil {
-		return false, err
-	}
-	return l.has(user), nil
-}
+func (s *LevelDB) IsMember(group, user string) (bool, error) { return s.listHas("M:", group, user) }
 
 // Friends implements Store. The list returned is shared: callers must not
 // modify it.
-func (s *LevelDB) Friends(user string) ([]string, error) {
-	l, err := s.cachedList("F:", user)
-	if err != nil {
-		return nil, err
-	}
-	return l.names, nil
-}
+func (s *LevelDB) Friends(user string) ([]string, error) { return s.names("F:", user) }
 
 // Members implements Store. The list returned is shared: callers must not
 // modify it.
-func (s *LevelDB) Members(group string) ([]string, error) {
-	l, err := s.cachedList("M:", group)
+func (s *LevelDB) Members(group string) ([]string, error) { return s.names("M:", group) }
+
+// Groups implements Store. The list returned is shared: callers must not
+// modify it.
+func (s *LevelDB) Groups(user string) ([]string, error) { return s.names("G:", user) }
+
+// names returns the list under prefix and name (see cachedList).
+func (s *LevelDB) names(prefix, name string) ([]string, error) {
+	l, err := s.cachedList(prefix, name)
 	if err != nil {
 		return nil, err
 	}
 	return l.names, nil
 }
 
-func (s *LevelDB) cached(prefix, name string) *nameList {
+// listHas reports whether the list under prefix and name holds x.
+func (s *LevelDB) listHas(prefix, name, x string) (bool, error) {
+	l, err := s.cachedList(prefix, name)
+	if err != nil {
+		return false, err
+	}
+	return l.has(x), nil
+}
+
+// cached returns the cached list under prefix and name, nil if none, and
+// the cache's generation at the lookup.
+func (s *LevelDB) cached(prefix, name string) (*nameList, uint64) {
 	var buf [64]byte
 	k := append(append(buf[:0], prefix...), name...)
 	s.cacheMu.RLock()
 	defer s.cacheMu.RUnlock()
-	return s.lists[string(k)] // a lookup by string(k) copies nothing
+	return s.lists[string(k)], s.gen // a lookup by string(k) copies nothing
 }
 
 // cachedList returns the list under prefix and name, from the cache or
 // read and cached.
 func (s *LevelDB) cachedList(prefix, name string) (*nameList, error) {
-	var buf [64]byte
-	k := append(append(buf[:0], prefix...), name...)
-	s.cacheMu.RLock()
-	l, ok := s.lists[string(k)]
-	gen := s.gen
-	s.cacheMu.RUnlock()
-	if ok {
+	l, gen := s.cached(prefix, name)
+	if l != nil {
 		return l, nil
 	}
 	names, err := s.list(prefix, name)
@@ -396,20 +390,10 @@ func (s *LevelDB) cachedList(prefix, name string) (*nameList, error) {
 		if len(s.lists) >= maxCachedLists {
 			clear(s.lists)
 		}
-		s.lists[string(k)] = l
+		s.lists[prefix+name] = l
 	}
 	s.cacheMu.Unlock()
 	return l, nil
-}
-
-// Groups implements Store. The list returned is shared: callers must not
-// modify it.
-func (s *LevelDB) Groups(user string) ([]string, error) {
-	l, err := s.cachedList("G:", user)
-	if err != nil {
-		return nil, err
-	}
-	return l.names, nil
 }
 
 func (s *LevelDB) list(prefix, name string) ([]string, error) {
