@@ -27,8 +27,8 @@ func TestInterner(t *testing.T) {
 			t.Fatalf("String(%q) = %q", v, got)
 		}
 	}
-	if m := in.m.Load(); len(*m) != maxInterned {
-		t.Errorf("kept %d values, want at most %d", len(*m), maxInterned)
+	if m := in.m.snapshot(); len(m) != maxInterned {
+		t.Errorf("kept %d values, want at most %d", len(m), maxInterned)
 	}
 }
 

@@ -7,6 +7,7 @@ package metrics
 import (
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
 	"sort"
@@ -109,37 +110,24 @@ func (k seriesKey) less(o seriesKey) bool {
 // (a read lock's shared counter alone costs more than the lookup when
 // cores contend for it), and a new series replaces the map whole.
 type family[T any] struct {
-	mu     sync.Mutex // serialises new series
-	series atomic.Pointer[map[seriesKey]*T]
-	order  []seriesKey // under mu
+	series cowMap[seriesKey, *T]
+	mu     sync.Mutex
+	order  []seriesKey // under mu; a key is added here after its series
 }
 
 // get returns the series for values, making it with mk the first time.
 func (f *family[T]) get(values []string, mk func() *T) *T {
 	key := keyOf(values)
-	if m := f.series.Load(); m != nil {
-		if s, ok := (*m)[key]; ok {
-			return s
-		}
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var old map[seriesKey]*T
-	if p := f.series.Load(); p != nil {
-		old = *p
-	}
-	if s, ok := old[key]; ok {
+	if s, ok := f.series.snapshot()[key]; ok {
 		return s
 	}
-	m := make(map[seriesKey]*T, len(old)+1)
-	for k, v := range old {
-		m[k] = v
+	s, added := f.series.add(key, mk, 0)
+	if added {
+		f.mu.Lock()
+		f.order = append(f.order, key)
+		sort.Slice(f.order, func(i, j int) bool { return f.order[i].less(f.order[j]) })
+		f.mu.Unlock()
 	}
-	s := mk()
-	m[key] = s
-	f.order = append(f.order, key)
-	sort.Slice(f.order, func(i, j int) bool { return f.order[i].less(f.order[j]) })
-	f.series.Store(&m)
 	return s
 }
 
@@ -148,10 +136,47 @@ func (f *family[T]) each(fn func(*T)) {
 	f.mu.Lock()
 	order := append([]seriesKey(nil), f.order...)
 	f.mu.Unlock()
-	m := f.series.Load()
+	m := f.series.snapshot()
 	for _, k := range order {
-		fn((*m)[k])
+		fn(m[k])
 	}
+}
+
+// cowMap is a map read without a lock, from every core: readers take an
+// immutable snapshot, and add replaces it whole. It suits maps that stop
+// growing early (series, label values) and are read all the time.
+type cowMap[K comparable, V any] struct {
+	mu sync.Mutex // serialises add
+	p  atomic.Pointer[map[K]V]
+}
+
+// snapshot returns the map as it is; it must not be modified.
+func (c *cowMap[K, V]) snapshot() map[K]V {
+	if p := c.p.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// add returns k's value, making it with mk when k is absent, and reports
+// whether it added it. A map of max entries or more (max 0: no bound)
+// gets nothing more: the value made is returned without being kept.
+func (c *cowMap[K, V]) add(k K, mk func() V, max int) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.snapshot()
+	if v, ok := old[k]; ok {
+		return v, false
+	}
+	v := mk()
+	if max > 0 && len(old) >= max {
+		return v, false
+	}
+	m := make(map[K]V, len(old)+1)
+	maps.Copy(m, old)
+	m[k] = v
+	c.p.Store(&m)
+	return v, true
 }
 
 // CounterVec is a family of counters told apart by label values.
@@ -319,35 +344,16 @@ func formatFloat(f float64) string {
 // a map that readers load without a lock, replaced whole when a value is
 // added. It keeps at most maxInterned values and copies the rest, so a
 // stream of unexpected values cannot grow it without bound.
-type Interner struct {
-	mu sync.Mutex
-	m  atomic.Pointer[map[string]string]
-}
+type Interner struct{ m cowMap[string, string] }
 
 const maxInterned = 256
 
 // String returns b as a string.
 func (in *Interner) String(b []byte) string {
-	if m := in.m.Load(); m != nil {
-		if s, ok := (*m)[string(b)]; ok {
-			return s
-		}
-	}
-	s := string(b)
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	var old map[string]string
-	if p := in.m.Load(); p != nil {
-		old = *p
-	}
-	if len(old) >= maxInterned {
+	if s, ok := in.m.snapshot()[string(b)]; ok { // a lookup by string(b) copies nothing
 		return s
 	}
-	m := make(map[string]string, len(old)+1)
-	for k, v := range old {
-		m[k] = v
-	}
-	m[s] = s
-	in.m.Store(&m)
+	s := string(b)
+	s, _ = in.m.add(s, func() string { return s }, maxInterned)
 	return s
 }
