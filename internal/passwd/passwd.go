@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"golang.org/x/crypto/argon2"
@@ -108,18 +109,15 @@ func Verify(encoded, password string) error {
 		}
 		return err
 	}
-	var version int
-	var mem, time uint32
-	var lanes uint8
 	parts := strings.Split(encoded, "$")
 	if len(parts) != 6 || parts[1] != Argon2id {
 		return errors.New("unknown password hash format")
 	}
-	if _, err := fmt.Sscanf(parts[2], "v=%d", &version); err != nil || version != argon2.Version {
+	if v, ok := param(parts[2], "v=", 32); !ok || v != argon2.Version {
 		return errors.New("unsupported argon2 version")
 	}
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &mem, &time, &lanes); err != nil ||
-		mem < MinArgonMemoryKiB || mem > 4<<20 || time < 1 || time > 100 || lanes < 1 {
+	mem, time, lanes, ok := argonParams(parts[3])
+	if !ok || mem < MinArgonMemoryKiB || mem > 4<<20 || time < 1 || time > 100 || lanes < 1 {
 		return errors.New("bad argon2 parameters")
 	}
 	salt, err1 := base64.RawStdEncoding.DecodeString(parts[4])
@@ -132,4 +130,25 @@ func Verify(encoded, password string) error {
 		return ErrMismatch
 	}
 	return nil
+}
+
+// argonParams reads "m=<KiB>,t=<passes>,p=<lanes>". It is parsed by hand:
+// fmt.Sscanf cost a quarter of a verification at the cheapest setting.
+func argonParams(s string) (mem, time uint32, lanes uint8, ok bool) {
+	m, rest, _ := strings.Cut(s, ",")
+	t, p, _ := strings.Cut(rest, ",")
+	mv, ok1 := param(m, "m=", 32)
+	tv, ok2 := param(t, "t=", 32)
+	pv, ok3 := param(p, "p=", 8)
+	return uint32(mv), uint32(tv), uint8(pv), ok1 && ok2 && ok3
+}
+
+// param reads "<key><decimal>" with the number fitting in bits.
+func param(s, key string, bits int) (uint64, bool) {
+	num, found := strings.CutPrefix(s, key)
+	if !found {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(num, 10, bits)
+	return v, err == nil
 }

@@ -43,7 +43,10 @@ func TestHashAndVerify(t *testing.T) {
 		t.Fatalf("a stored bcrypt hash no longer verifies: %v", err)
 	}
 	for _, bad := range []string{"", "plain", "$argon2id$v=19$m=8,t=1,p=1$!!$!!", "$argon2id$v=18$m=8,t=1,p=1$AA$AA",
-		"$argon2id$v=19$m=999999999,t=1,p=1$AA$AA", "$argon2i$v=19$m=8,t=1,p=1$AA$AA"} {
+		"$argon2id$v=19$m=999999999,t=1,p=1$AA$AA", "$argon2i$v=19$m=8,t=1,p=1$AA$AA",
+		"$argon2id$v=19$m=8,t=1$AA$AA", "$argon2id$v=19$m=8,t=1,p=0$AA$AA", "$argon2id$v=19$m=8,t=1,p=256$AA$AA",
+		"$argon2id$v=19$m=8,t=0,p=1$AA$AA", "$argon2id$v=19$t=1,m=8,p=1$AA$AA", "$argon2id$v=19$m=-8,t=1,p=1$AA$AA",
+		"$argon2id$v=19x$m=8,t=1,p=1$AA$AA", "$argon2id$19$m=8,t=1,p=1$AA$AA"} {
 		if err := Verify(bad, "x"); err == nil || errors.Is(err, ErrMismatch) {
 			t.Errorf("Verify(%q) = %v, want a format error", bad, err)
 		}
