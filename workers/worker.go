@@ -130,6 +130,9 @@ type Worker struct {
 
 	stop     context.CancelFunc // ends background work: the reaper
 	inflight chan struct{}      // semaphore for handlers
+	jobs     chan job           // unbuffered: taken by idle handler goroutines
+	idle     atomic.Int32       // handler goroutines waiting on jobs
+	quit     chan struct{}      // closed by Close: idle handler goroutines end
 	hashing  chan struct{}      // semaphore for password hashing, which is all CPU
 	wg       sync.WaitGroup
 	// gate is held shared while a request is admitted; Close takes it
@@ -158,6 +161,8 @@ func New(ctx context.Context, opts Options) (*Worker, error) {
 		log:      opts.Logger,
 		nc:       opts.Conn,
 		inflight: make(chan struct{}, opts.MaxInFlight),
+		jobs:     make(chan job),
+		quit:     make(chan struct{}),
 		hashing:  make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}
 	w.handoff = newHandoffs(w)
@@ -352,6 +357,9 @@ func (w *Worker) Close(ctx context.Context) error {
 	// still arrive after Stop returns: refused from now on, not served
 	// from a store being closed.
 	w.gate.Lock()
+	if !w.shut {
+		close(w.quit)
+	}
 	w.shut = true
 	w.gate.Unlock()
 	var errs []error
@@ -430,11 +438,46 @@ func (w *Worker) endpoint(cmd string, h handler, quick quickHandler) micro.Handl
 			return
 		}
 		w.inflight <- struct{}{}
-		go func() {
-			defer func() { <-w.inflight; w.wg.Done() }()
-			w.serve(req, cmd, h)
-		}()
+		j := job{req: req, cmd: cmd, h: h}
+		select {
+		case w.jobs <- j: // an idle handler goroutine takes it
+		default:
+			go w.handle(j)
+		}
 	})
+}
+
+// job is a request for a handler goroutine.
+type job struct {
+	req micro.Request
+	cmd string
+	h   handler
+}
+
+// maxIdleHandlers bounds the handler goroutines kept waiting for work.
+const maxIdleHandlers = 64
+
+// handle serves j, then waits for the next request rather than ending:
+// starting a goroutine per request, and growing its stack again each
+// time (password hashing and JetStream calls run deep), cost a login
+// storm several percent of its CPU.
+func (w *Worker) handle(j job) {
+	for {
+		w.serve(j.req, j.cmd, j.h)
+		<-w.inflight
+		w.wg.Done()
+		if w.idle.Add(1) > maxIdleHandlers {
+			w.idle.Add(-1)
+			return
+		}
+		select {
+		case j = <-w.jobs:
+			w.idle.Add(-1)
+		case <-w.quit:
+			w.idle.Add(-1)
+			return
+		}
+	}
 }
 
 // enter admits a request unless the worker is closing; an admitted

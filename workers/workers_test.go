@@ -2,6 +2,7 @@ package workers_test
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -445,4 +446,39 @@ func TestWorkerClosingUnderTraffic(t *testing.T) {
 		ask()
 		sent++
 	}
+}
+
+// TestCloseEndsHandlerGoroutines: the goroutines kept for the next
+// request end with the worker, so an embedding program does not leak them.
+func TestCloseEndsHandlerGoroutines(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	w := c.StartWorker("")
+	alice := chattest.Dial(t, c.StartEdge().Addr().String())
+	alice.Register("alice", "pw")
+	alice.Login("alice", "pw")
+	alice.Expect(M{"cmd": "create_group", "group": "g"}, "success")
+	const n = 32
+	for range n {
+		alice.Send(M{"cmd": "get_group_member", "group": "g"})
+	}
+	for range n {
+		alice.Want("get_group_member_reply")
+	}
+	if got := handlerGoroutines(); got == 0 {
+		t.Fatal("no handler goroutine waits for the next request")
+	}
+	alice.Expect(M{"cmd": "offline"}, "success") // logged out while a worker can still tell her friends
+	w.Stop()
+	deadline := time.Now().Add(chattest.Timeout)
+	for handlerGoroutines() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d handler goroutines outlived Close", handlerGoroutines())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func handlerGoroutines() int {
+	buf := make([]byte, 1<<22)
+	return strings.Count(string(buf[:runtime.Stack(buf, true)]), "workers.(*Worker).handle(")
 }
