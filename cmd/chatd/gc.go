@@ -2,14 +2,17 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"os"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // A chat server's live heap is small (sessions, caches) and it allocates
@@ -28,8 +31,9 @@ const (
 
 // gcFlags tune the Go garbage collector.
 type gcFlags struct {
-	percent int
-	limit   memoryLimit
+	percent    int
+	limit      memoryLimit
+	collecting bool // set by apply: false when collection is turned off
 }
 
 func (f *gcFlags) register(fs *flagSet) {
@@ -48,9 +52,11 @@ func (f *gcFlags) apply(fs *flagSet, log *slog.Logger) error {
 		return usageError{fmt.Errorf("--gc-percent %d: want -1 (off) or more", f.percent)}
 	}
 	percent := "GOGC"
+	f.collecting = os.Getenv("GOGC") != "off"
 	if _, ok := os.LookupEnv("GOGC"); !ok || fs.set["gc-percent"] {
 		debug.SetGCPercent(f.percent)
 		percent = strconv.Itoa(f.percent)
+		f.collecting = f.percent >= 0
 	}
 	limit := "GOMEMLIMIT"
 	if _, ok := os.LookupEnv("GOMEMLIMIT"); !ok || fs.set["memory-limit"] {
@@ -142,4 +148,74 @@ func availableMemory(read func(string) ([]byte, error)) (int64, string) {
 		}
 	}
 	return 0, ""
+}
+
+// A process that has gone quiet gives back the memory its last burst
+// used. With a GOGC of 400 the heap grows to five times its live size
+// between collections, and the runtime keeps pages it expects to need
+// until the heap falls well below that goal: after a storm of 19 000
+// logins, the idle connections left were measured at anything from 5 to
+// 17 KiB of RSS each, depending only on where the storm's last collection
+// fell. Once allocation has stayed below quietRate for a whole
+// releaseEvery, one forced collection hands the free pages back
+// (debug.FreeOSMemory): a busy process never pays for it, and a quiet one
+// pays once, since afterwards little is left to give back.
+const (
+	releaseEvery = 10 * time.Second
+	quietRate    = 1 << 20  // bytes allocated per second
+	minRelease   = 32 << 20 // less than this held beyond twice the live heap is left alone
+)
+
+// memSample is what the releaser reads from the runtime.
+type memSample struct {
+	allocated uint64 // bytes allocated since the process started
+	live      uint64 // live heap at the last collection
+	held      uint64 // heap memory held from the system: in use, unused or free but not returned
+}
+
+var memMetrics = []string{"/gc/heap/allocs:bytes", "/gc/heap/live:bytes",
+	"/memory/classes/heap/objects:bytes", "/memory/classes/heap/unused:bytes", "/memory/classes/heap/free:bytes"}
+
+func readMem(s []metrics.Sample) memSample {
+	metrics.Read(s)
+	v := func(i int) uint64 {
+		if s[i].Value.Kind() != metrics.KindUint64 {
+			return 0
+		}
+		return s[i].Value.Uint64()
+	}
+	return memSample{allocated: v(0), live: v(1), held: v(2) + v(3) + v(4)}
+}
+
+// shouldRelease reports whether, between prev and cur (every apart), the
+// process was quiet and holds enough beyond its live heap to give back.
+func shouldRelease(prev, cur memSample, every time.Duration) bool {
+	quiet := cur.allocated-prev.allocated < uint64(every.Seconds()*quietRate)
+	return quiet && cur.held > 2*cur.live+minRelease
+}
+
+// releaseWhenQuiet runs until ctx ends.
+func releaseWhenQuiet(ctx context.Context, log *slog.Logger, every time.Duration) {
+	s := make([]metrics.Sample, len(memMetrics))
+	for i, name := range memMetrics {
+		s[i].Name = name
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	prev := readMem(s)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cur := readMem(s)
+		if shouldRelease(prev, cur, every) {
+			debug.FreeOSMemory()
+			after := readMem(s)
+			log.Debug("quiet: memory returned to the system", "held_before", cur.held, "held_after", after.held, "live", after.live)
+			cur = after
+		}
+		prev = cur
+	}
 }

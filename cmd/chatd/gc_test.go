@@ -1,13 +1,17 @@
 package main
 
 import (
+	"context"
 	"io"
 	"io/fs"
 	"log/slog"
 	"math"
+	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"testing"
+	"time"
 )
 
 func TestAvailableMemory(t *testing.T) {
@@ -146,4 +150,66 @@ func atoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+func TestShouldRelease(t *testing.T) {
+	const mib = 1 << 20
+	every := 10 * time.Second
+	busy := uint64(every.Seconds()*quietRate) + 1
+	tests := []struct {
+		name      string
+		allocated uint64 // during the period
+		live      uint64
+		held      uint64
+		want      bool
+	}{
+		{"quiet, holding a burst's memory", 0, 100 * mib, 400 * mib, true},
+		{"quiet, a little allocation", busy / 2, 100 * mib, 400 * mib, true},
+		{"busy", busy, 100 * mib, 400 * mib, false},
+		{"quiet, holding about what it uses", 0, 100 * mib, 2*100*mib + minRelease, false},
+		{"quiet, small process", 0, 1 * mib, 30 * mib, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			prev := memSample{allocated: 5000 * mib}
+			cur := memSample{allocated: prev.allocated + tc.allocated, live: tc.live, held: tc.held}
+			if got := shouldRelease(prev, cur, every); got != tc.want {
+				t.Fatalf("shouldRelease = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestReleaseWhenQuiet runs the releaser in this process: garbage from a
+// burst, then quiet, and the memory it held goes back to the system.
+func TestReleaseWhenQuiet(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
+	s := make([]metrics.Sample, len(memMetrics))
+	for i, name := range memMetrics {
+		s[i].Name = name
+	}
+	burst := make([][]byte, 0, 4096)
+	for range cap(burst) {
+		burst = append(burst, make([]byte, 64<<10)) // 256 MiB in all
+	}
+	burst = nil
+	runtime.GC() // the burst is garbage now, its pages free but still held
+	before := readMem(s)
+	if before.held < 2*before.live+minRelease {
+		t.Skipf("the runtime already gave the burst back (held %d, live %d)", before.held, before.live)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { releaseWhenQuiet(ctx, slog.New(slog.DiscardHandler), 50*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if m := readMem(s); m.held < before.held/2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still held after 5 s: %d bytes (%d before, live %d)", readMem(s).held, before.held, before.live)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

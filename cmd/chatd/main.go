@@ -152,8 +152,8 @@ func (fs *flagSet) parse(args []string) error {
 }
 
 // setup builds the logger and applies the settings of the whole process
-// (the garbage collector's).
-func (fs *flagSet) setup(stderr io.Writer) (*slog.Logger, error) {
+// (the garbage collector's, and giving memory back when quiet).
+func (fs *flagSet) setup(ctx context.Context, stderr io.Writer) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(fs.logLevel)); err != nil {
 		return nil, usageError{fmt.Errorf("--log-level: %w", err)}
@@ -165,6 +165,9 @@ func (fs *flagSet) setup(stderr io.Writer) (*slog.Logger, error) {
 	}
 	if err := fs.gc.apply(fs, log); err != nil {
 		return nil, err
+	}
+	if fs.gc.collecting {
+		go releaseWhenQuiet(ctx, log, releaseEvery)
 	}
 	return log, nil
 }
@@ -419,7 +422,7 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	log, err := fs.setup(stderr)
+	log, err := fs.setup(ctx, stderr)
 	if err != nil {
 		return err
 	}
@@ -487,7 +490,7 @@ func runBroker(ctx context.Context, args []string, stderr io.Writer) error {
 	if bf.natsListen == "" && bf.config == "" {
 		return usageError{errors.New("--nats-listen is required")}
 	}
-	log, err := fs.setup(stderr)
+	log, err := fs.setup(ctx, stderr)
 	if err != nil {
 		return err
 	}
@@ -526,7 +529,7 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	log, err := fs.setup(stderr)
+	log, err := fs.setup(ctx, stderr)
 	if err != nil {
 		return err
 	}
@@ -576,7 +579,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	log, err := fs.setup(stderr)
+	log, err := fs.setup(ctx, stderr)
 	if err != nil {
 		return err
 	}
