@@ -75,6 +75,8 @@ fi
 if want group; then
 	all group "${cheap[@]}"
 	bench group group --members 100 --senders 4 --window 8 --duration 20s
+	# A busier group: twice the members talking at once.
+	bench group-8 group --members 100 --senders 8 --window 8 --duration 20s
 fi
 if want login; then
 	all login-cheap "${cheap[@]}"
