@@ -77,7 +77,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.warmup, "warmup", 2*time.Second, "load before measuring starts")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "measured period")
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "a reply or delivery later than this counts as an error")
-	fs.DurationVar(&c.setupTimeout, "setup-timeout", 30*time.Second, "bound on each setup request (registration is bcrypt-bound)")
+	fs.DurationVar(&c.setupTimeout, "setup-timeout", 30*time.Second, "bound on each setup request (registration is bound by the password hash)")
 	fs.StringVar(&c.pids, "pid", "", "server process ids, comma-separated (e.g. broker,worker,edge1,edge2): report from /proc\n"+
 		"their CPU time in the measured period (summed) and each one's RSS at its start, its peak\n"+
 		"(sampled every 100ms) and at its end; the summary shows the largest peak growth and its pid")
@@ -85,7 +85,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.svgPath, "svg", "", "write an SVG chart of the latency distribution to this file")
 	fs.StringVar(&c.prefix, "prefix", "", "user and group name prefix (default: random, different each run)")
 	fs.StringVar(&c.password, "password", "chatbench-pw", "password of the generated users")
-	fs.IntVar(&c.setupConc, "setup-concurrency", 16, "connections used for setup (registration costs the server a bcrypt hash)")
+	fs.IntVar(&c.setupConc, "setup-concurrency", 16, "connections used for setup (registration costs the server a password hash)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "diagnostics level: debug, info, warn, error")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write the generator's own CPU profile to this file (go tool pprof)")
 }

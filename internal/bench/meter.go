@@ -283,7 +283,7 @@ type Env struct {
 	// Timeout is how long a reply or delivery may take before it counts
 	// as an error.
 	Timeout time.Duration
-	// SetupTimeout bounds each setup request (registration is bcrypt-bound
+	// SetupTimeout bounds each setup request (registration is bound by the password hash
 	// and may queue behind others).
 	SetupTimeout time.Duration
 	// SetupConcurrency is the number of connections used for setup.
