@@ -470,6 +470,7 @@ func (w *Worker) handle(j job) {
 			w.idle.Add(-1)
 			return
 		}
+		j = job{} // the served request's data is not kept while waiting
 		select {
 		case j = <-w.jobs:
 			w.idle.Add(-1)
