@@ -664,13 +664,21 @@ func (c *conn) reply(id json.RawMessage, body []byte) {
 	c.e.metrics.reply(body, time.Since(c.started))
 	c.out = appendWithID(c.out[:0], body, id)
 	c.sendNow(c.out, true)
-	if cap(c.out) > maxKeptLine {
-		c.out = nil // a long reply's buffer is not kept for the short ones
-	}
+	c.out = keepable(c.out)
 }
 
 // maxKeptLine bounds the line buffers kept for reuse.
 const maxKeptLine = 4096
+
+// keepable returns a line buffer to keep for the next line, or nil when
+// it grew past maxKeptLine: a long line's buffer is not kept for the
+// short ones.
+func keepable(b []byte) []byte {
+	if cap(b) > maxKeptLine {
+		return nil
+	}
+	return b
+}
 
 // withID returns body as a line, with "id" spliced in first when given.
 func withID(body []byte, id json.RawMessage) []byte {

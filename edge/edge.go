@@ -761,9 +761,7 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 		// the socket does not take it at once.
 		e.line = append(append(e.line[:0], m.Data...), '\n')
 		only.sendNow(e.line, true)
-		if cap(e.line) > maxKeptLine {
-			e.line = nil
-		}
+		e.line = keepable(e.line)
 	}
 	if n == 0 {
 		if handedOff {

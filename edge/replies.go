@@ -56,14 +56,7 @@ func newWaiter() *waiter {
 func (w *waiter) offer(tok uint64, m *nats.Msg) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.want != tok {
-		return
-	}
-	w.want = 0
-	select {
-	case w.ch <- m:
-	default: // cannot happen: only the awaited token is sent, once
-	}
+	w.handLocked(tok, m)
 }
 
 // confirm hands the waiter, if it still waits for tok, the confirmation
@@ -72,13 +65,22 @@ func (w *waiter) confirm(tok uint64, subject, user string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.want != tok {
+		return // nobody would read the confirmation: not built
+	}
+	w.localBuf = proto.AppendResult(w.localBuf[:0], "private_chat", "success", "user_to", user)
+	w.local = nats.Msg{Subject: subject, Data: w.localBuf}
+	w.handLocked(tok, &w.local)
+}
+
+// handLocked gives m to the waiter if it still waits for tok, and ends
+// the wait; the caller holds mu.
+func (w *waiter) handLocked(tok uint64, m *nats.Msg) {
+	if w.want != tok {
 		return
 	}
 	w.want = 0
-	w.localBuf = proto.AppendResult(w.localBuf[:0], "private_chat", "success", "user_to", user)
-	w.local = nats.Msg{Subject: subject, Data: w.localBuf}
 	select {
-	case w.ch <- &w.local:
+	case w.ch <- m:
 	default: // cannot happen: only the awaited token is sent, once
 	}
 }
