@@ -176,6 +176,15 @@ type memSample struct {
 var memMetrics = []string{"/gc/heap/allocs:bytes", "/gc/heap/live:bytes",
 	"/memory/classes/heap/objects:bytes", "/memory/classes/heap/unused:bytes", "/memory/classes/heap/free:bytes"}
 
+// newMemSamples returns the samples readMem reads.
+func newMemSamples() []metrics.Sample {
+	s := make([]metrics.Sample, len(memMetrics))
+	for i, name := range memMetrics {
+		s[i].Name = name
+	}
+	return s
+}
+
 func readMem(s []metrics.Sample) memSample {
 	metrics.Read(s)
 	v := func(i int) uint64 {
@@ -196,10 +205,7 @@ func shouldRelease(prev, cur memSample, every time.Duration) bool {
 
 // releaseWhenQuiet runs until ctx ends.
 func releaseWhenQuiet(ctx context.Context, log *slog.Logger, every time.Duration) {
-	s := make([]metrics.Sample, len(memMetrics))
-	for i, name := range memMetrics {
-		s[i].Name = name
-	}
+	s := newMemSamples()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	prev := readMem(s)

@@ -8,7 +8,6 @@ import (
 	"math"
 	"runtime"
 	"runtime/debug"
-	"runtime/metrics"
 	"strconv"
 	"testing"
 	"time"
@@ -184,10 +183,7 @@ func TestShouldRelease(t *testing.T) {
 // burst, then quiet, and the memory it held goes back to the system.
 func TestReleaseWhenQuiet(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
-	s := make([]metrics.Sample, len(memMetrics))
-	for i, name := range memMetrics {
-		s[i].Name = name
-	}
+	s := newMemSamples()
 	burst := make([][]byte, 0, 4096)
 	for range cap(burst) {
 		burst = append(burst, make([]byte, 64<<10)) // 256 MiB in all
