@@ -36,6 +36,12 @@ type Options struct {
 	Listen string
 	// Conn is the edge's NATS connection; the caller owns it.
 	Conn *nats.Conn
+	// Deliveries are more NATS connections, the caller's too, that the
+	// users' subscriptions are spread over, each user's always on the
+	// same one. A connection's messages are read by one goroutine, at
+	// both ends: at a busy edge one connection for every delivery is a
+	// queue the cores cannot share. None: Conn carries them.
+	Deliveries []*nats.Conn
 	// Name names this edge in logs.
 	Name string
 	// MaxFrame is the largest client object accepted, in bytes.
@@ -151,6 +157,9 @@ type Edge struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 	ln   net.Listener
+	// subs carry the users' subscriptions, and their session registry
+	// writes (see deliveryConn): Options.Deliveries, or Conn alone.
+	subs []*nats.Conn
 	// id names this edge instance on NATS: workers address file offers
 	// to it, and probes of a user's subject are answered with it.
 	id    string
@@ -211,6 +220,7 @@ func New(opts Options) (*Edge, error) {
 		log:        opts.Logger,
 		nc:         opts.Conn,
 		js:         js,
+		subs:       []*nats.Conn{opts.Conn},
 		id:         nuid.Next(),
 		deliveries: make(chan *nats.Msg, 1<<16),
 		users:      make(map[string]*userEntry),
@@ -218,6 +228,9 @@ func New(opts Options) (*Edge, error) {
 		conns:      make(map[*conn]struct{}),
 		transfers:  make(map[*transfer]struct{}),
 		closing:    make(chan struct{}),
+	}
+	if len(opts.Deliveries) > 0 {
+		e.subs = opts.Deliveries
 	}
 	if e.registry, err = newRegistry(e); err != nil {
 		return nil, err
@@ -432,7 +445,27 @@ func (e *Edge) Ready() error {
 	if !e.nc.IsConnected() {
 		return errors.New("not connected to NATS")
 	}
+	for _, nc := range e.subs {
+		if !nc.IsConnected() {
+			return errors.New("a delivery connection is not connected to NATS")
+		}
+	}
 	return nil
+}
+
+// deliveryConn returns the index in e.subs of the connection that
+// carries user's subscription and registry writes. The same connection
+// for both lets the registry write's ack prove the subscription (see
+// settle).
+func (e *Edge) deliveryConn(user string) int {
+	if len(e.subs) == 1 {
+		return 0
+	}
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(user); i++ {
+		h = (h ^ uint32(user[i])) * 16777619
+	}
+	return int(h % uint32(len(e.subs)))
 }
 
 // Sessions is the number of logged-in connections.
@@ -471,7 +504,7 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 	e.mu.Unlock()
 
 	firstAnywhere = !e.held(ctx, user)
-	sub, err := e.nc.ChanSubscribe(proto.UserSubject(user), e.deliveries)
+	sub, err := e.subs[e.deliveryConn(user)].ChanSubscribe(proto.UserSubject(user), e.deliveries)
 	if err == nil {
 		err = e.settle(ctx, user)
 	}
@@ -522,7 +555,8 @@ func (e *Edge) settle(ctx context.Context, user string) error {
 		return nil
 	}
 	e.log.Warn("session registry write failed", "user", user, "err", err)
-	return e.nc.FlushTimeout(max(deadline.Remaining(ctx, e.opts.RequestTimeout), time.Millisecond))
+	nc := e.subs[e.deliveryConn(user)]
+	return nc.FlushTimeout(max(deadline.Remaining(ctx, e.opts.RequestTimeout), time.Millisecond))
 }
 
 // unbind removes c from user's sessions and reports whether that was the

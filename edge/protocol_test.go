@@ -525,11 +525,18 @@ func TestLoginStormAgainstRegistry(t *testing.T) {
 
 // After logins and logouts racing one another, the session registry holds
 // a key for exactly the users still logged in: a user's put and delete
-// reach the bucket in the order they happened, acks or not.
+// reach the bucket in the order they happened, acks or not, also when
+// they travel on several delivery connections.
 func TestRegistryMatchesSessions(t *testing.T) {
+	for _, conns := range []int{0, 3} {
+		t.Run(fmt.Sprint(conns, " delivery connections"), func(t *testing.T) { registryMatchesSessions(t, conns) })
+	}
+}
+
+func registryMatchesSessions(t *testing.T, deliveries int) {
 	c := chattest.StartBroker(t, "")
 	c.StartWorker("")
-	addr := c.StartEdge().Addr().String()
+	addr := c.StartEdge(c.Deliveries(deliveries)).Addr().String()
 	const n, rounds = 8, 20
 	reg := chattest.Dial(t, addr)
 	for i := range n {

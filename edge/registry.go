@@ -55,17 +55,21 @@ type registry struct {
 	failed atomic.Uint64
 	synced uint64
 	kv     jetstream.KeyValue
-	pub    jetstream.JetStream // async writes, with their own ack bound
-	pre    string              // subject prefix of the bucket's keys
-	rev    uint64              // revision of our heartbeat key; 0 when not registered
+	pubs   []jetstream.JetStream // async writes, with their own ack bound; one per e.subs
+	pre    string                // subject prefix of the bucket's keys
+	rev    uint64                // revision of our heartbeat key; 0 when not registered
 }
 
 func newRegistry(e *Edge) (*registry, error) {
-	pub, err := newJetStream(e.nc, e.opts.JetStreamDomain,
-		jetstream.WithPublishAsyncMaxPending(pendingAcks),
-		jetstream.WithPublishAsyncTimeout(e.opts.RequestTimeout))
-	if err != nil {
-		return nil, fmt.Errorf("session registry: %w", err)
+	pubs := make([]jetstream.JetStream, len(e.subs))
+	for i, nc := range e.subs {
+		pub, err := newJetStream(nc, e.opts.JetStreamDomain,
+			jetstream.WithPublishAsyncMaxPending(pendingAcks),
+			jetstream.WithPublishAsyncTimeout(e.opts.RequestTimeout))
+		if err != nil {
+			return nil, fmt.Errorf("session registry: %w", err)
+		}
+		pubs[i] = pub
 	}
 	// The subject a KeyValue.Put uses for a bucket that is not a mirror.
 	pre := "$KV." + proto.SessionBucket + "."
@@ -73,7 +77,7 @@ func newRegistry(e *Edge) (*registry, error) {
 		pre = "$JS." + d + ".API." + pre
 	}
 	return &registry{e: e, ops: make(chan regOp, 4096), acks: make(chan regAck, pendingAcks),
-		stopped: make(chan struct{}), pub: pub, pre: pre}, nil
+		stopped: make(chan struct{}), pubs: pubs, pre: pre}, nil
 }
 
 // record queues a change; if the queue is full the next beat rewrites
@@ -144,7 +148,9 @@ func (r *registry) publish(op regOp) {
 	if !op.add {
 		m.Header.Set("KV-Operation", "DEL") // what KeyValue.Delete sends
 	}
-	fut, err := r.pub.PublishMsgAsync(m)
+	// On the connection of the user's subscription, so that the ack
+	// also proves the server has that.
+	fut, err := r.pubs[r.e.deliveryConn(op.user)].PublishMsgAsync(m)
 	if err != nil {
 		r.finish(op, err)
 		return

@@ -254,6 +254,7 @@ type edgeFlags struct {
 	idleAfter      time.Duration
 	keepAlive      time.Duration
 	jsDomain       string
+	deliveryConns  int
 }
 
 func (f *edgeFlags) register(fs *flagSet, listen string, withDomain bool) {
@@ -268,9 +269,24 @@ func (f *edgeFlags) register(fs *flagSet, listen string, withDomain bool) {
 	fs.DurationVar(&f.heartbeat, "heartbeat", 5*time.Second, "how often the edge tells the workers it is alive")
 	fs.DurationVar(&f.keepAlive, "keepalive", 30*time.Second, "idle time before TCP keepalive probes; a vanished client is dropped 30s after that")
 	fs.DurationVar(&f.idleAfter, "idle-after", 5*time.Second, "silence after which a connection is parked: no goroutine until it speaks (Linux)")
+	fs.IntVar(&f.deliveryConns, "delivery-conns", 2, "NATS connections the users' deliveries are spread over, beside the edge's own; 0: that one carries them")
 	if withDomain {
 		fs.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain of the hub, for an edge in a leaf region")
 	}
+}
+
+// maxDeliveryConns bounds --delivery-conns: past a few per core more
+// connections only cost the broker.
+const maxDeliveryConns = 64
+
+func (f *edgeFlags) validate(name string, log *slog.Logger) error {
+	if err := f.options(nil, name, nil, log).Validate(); err != nil {
+		return usageError{err}
+	}
+	if f.deliveryConns < 0 || f.deliveryConns > maxDeliveryConns {
+		return usageError{fmt.Errorf("--delivery-conns %d is not within 0-%d", f.deliveryConns, maxDeliveryConns)}
+	}
+	return nil
 }
 
 func (f *edgeFlags) options(nc *nats.Conn, name string, reg *metrics.Registry, log *slog.Logger) edge.Options {
@@ -312,14 +328,9 @@ func (f *workerFlags) options(nc *nats.Conn, dir, name string, reg *metrics.Regi
 		Metrics: reg, Logger: log.With("role", "worker")}
 }
 
-func (f *workerFlags) validate(edgeOpts *edge.Options) error {
+func (f *workerFlags) validate() error {
 	if err := f.options(nil, "", "", nil, slog.Default()).Validate(); err != nil {
 		return usageError{err}
-	}
-	if edgeOpts != nil {
-		if err := edgeOpts.Validate(); err != nil {
-			return usageError{err}
-		}
 	}
 	return nil
 }
@@ -426,8 +437,10 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	eopts := ef.options(nil, bf.name, nil, log)
-	if err := wf.validate(&eopts); err != nil {
+	if err := ef.validate(bf.name, log); err != nil {
+		return err
+	}
+	if err := wf.validate(); err != nil {
 		return err
 	}
 	bopts, err := bf.options(fs, *data, false, quietNATS(log))
@@ -469,7 +482,16 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer enc.Close()
-	e, err := edge.New(ef.options(enc, bf.name, mon.reg, log))
+	eo := ef.options(enc, bf.name, mon.reg, log)
+	for i := range ef.deliveryConns {
+		dnc, err := b.Connect(deliveryConnName(bf.name, i))
+		if err != nil {
+			return err
+		}
+		defer dnc.Close()
+		eo.Deliveries = append(eo.Deliveries, dnc)
+	}
+	e, err := edge.New(eo)
 	if err != nil {
 		return err
 	}
@@ -533,8 +555,8 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := ef.options(nil, *name, nil, log).Validate(); err != nil {
-		return usageError{err}
+	if err := ef.validate(*name, log); err != nil {
+		return err
 	}
 	if err := checkAddrs(map[string]string{"listen": ef.listen, "metrics": *monitorAddr}); err != nil {
 		return err
@@ -556,7 +578,16 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer nc.Close()
-	e, err := edge.New(ef.options(nc, *name, mon.reg, log))
+	eo := ef.options(nc, *name, mon.reg, log)
+	for i := range ef.deliveryConns {
+		dnc, err := connect(ctx, *natsURL, deliveryConnName(*name, i), log)
+		if err != nil {
+			return err
+		}
+		defer dnc.Close()
+		eo.Deliveries = append(eo.Deliveries, dnc)
+	}
+	e, err := edge.New(eo)
 	if err != nil {
 		return err
 	}
@@ -583,7 +614,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := wf.validate(nil); err != nil {
+	if err := wf.validate(); err != nil {
 		return err
 	}
 	if err := checkAddrs(map[string]string{"metrics": *monitorAddr}); err != nil {
@@ -618,6 +649,12 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("shutting down")
 	closeWorker(w, log)
 	return nil
+}
+
+// deliveryConnName names an edge's i-th delivery connection in NATS
+// monitoring (nats server report connections).
+func deliveryConnName(edge string, i int) string {
+	return "chatd-edge " + edge + " deliveries " + strconv.Itoa(i+1)
 }
 
 // connect dials NATS, retrying until ctx ends: processes may start in any order.

@@ -157,6 +157,8 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		{[]string{"worker", "--password-hash", "md5", "--nats", "nats://127.0.0.1:1"}, nil, `password hash "md5"`},
 		{[]string{"all", "--argon2-memory", "4KiB"}, nil, "argon2 memory"},
 		{[]string{"edge", "--idle-after", "-1s"}, nil, "idle after is negative"},
+		{[]string{"all", "--delivery-conns", "-1"}, nil, "--delivery-conns -1 is not within"},
+		{[]string{"edge"}, []string{"CHATD_DELIVERY_CONNS=1000"}, "--delivery-conns 1000 is not within"},
 		{[]string{"all"}, []string{"CHATD_REQUEST_TIMEOUT=soon"}, "CHATD_REQUEST_TIMEOUT"},
 		{[]string{"all", "--log-level", "loud"}, nil, "--log-level"},
 	}

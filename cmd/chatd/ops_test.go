@@ -100,9 +100,10 @@ func TestMonitoring(t *testing.T) {
 		t.Fatalf("services seen: %v", services)
 	}
 
-	// /connz names every process.
+	// /connz names every process, and the edge's delivery connections.
 	_, connz := httpGet(t, "http://"+br.ready["http"]+"/connz")
-	for _, want := range []string{`"name": "chatd-worker w1"`, `"name": "chatd-edge e1"`} {
+	for _, want := range []string{`"name": "chatd-worker w1"`, `"name": "chatd-edge e1"`,
+		`"name": "chatd-edge e1 deliveries 1"`, `"name": "chatd-edge e1 deliveries 2"`} {
 		if !strings.Contains(connz, want) {
 			t.Errorf("/connz lacks %s", want)
 		}

@@ -148,6 +148,16 @@ func (c *Cluster) StartEdge(mod ...func(*edge.Options)) *edge.Edge {
 	return e
 }
 
+// Deliveries gives an edge n connections of its own for the users'
+// subscriptions (edge.Options.Deliveries), named "<name> deliveries i".
+func (c *Cluster) Deliveries(n int) func(*edge.Options) {
+	return func(o *edge.Options) {
+		for i := range n {
+			o.Deliveries = append(o.Deliveries, c.Conn(fmt.Sprintf("%s deliveries %d", o.Name, i+1)))
+		}
+	}
+}
+
 // Msg is one server message, decoded, with its raw line.
 type Msg struct {
 	Raw    string

@@ -1,0 +1,106 @@
+package edge_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/chatd-io/chatd/edge"
+	"github.com/chatd-io/chatd/internal/chattest"
+	"github.com/chatd-io/chatd/internal/proto"
+)
+
+// userSubs counts, by connection name, the users' delivery subscriptions
+// the broker holds: what `nats server report connections` shows.
+func userSubs(t *testing.T, c *chattest.Cluster) map[string]int {
+	t.Helper()
+	cz, err := c.Broker.Server().Connz(&server.ConnzOptions{Subscriptions: true, Limit: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, ci := range cz.Conns {
+		for _, s := range ci.Subs {
+			if strings.HasPrefix(s, proto.UserPrefix) {
+				out[ci.Name]++
+			}
+		}
+	}
+	return out
+}
+
+// With delivery connections, each user's subscription lives on one of
+// them, none on the edge's own, and every user still gets every message,
+// a sender's in the order sent.
+func TestDeliveriesSpreadOverConnections(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	e := c.StartEdge(func(o *edge.Options) { o.Name = "spread" }, c.Deliveries(3))
+	addr := e.Addr().String()
+	const n = 16
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprint("u", i)
+	}
+	cls := users(t, addr, names...)
+	cls[0].Expect(M{"cmd": "create_group", "group": "all"}, "success")
+	for _, cl := range cls[1:] {
+		cl.Expect(M{"cmd": "add_group", "group": "all"}, "success")
+	}
+
+	subs := userSubs(t, c)
+	if subs["chatd-edge test"] != 0 {
+		t.Errorf("the edge's own connection holds %d user subscriptions", subs["chatd-edge test"])
+	}
+	total, used := 0, 0
+	for i := range 3 {
+		k := subs[fmt.Sprintf("spread deliveries %d", i+1)]
+		total += k
+		if k > 0 {
+			used++
+		}
+	}
+	if total != n || used < 2 {
+		t.Fatalf("user subscriptions by connection: %v; want all %d on the delivery connections, spread", subs, n)
+	}
+
+	const msgs = 5
+	for i := range msgs {
+		cls[0].Expect(M{"cmd": "group_chat", "group": "all", "text": fmt.Sprint(i)}, "success")
+	}
+	for j, cl := range cls[1:] {
+		for i := range msgs {
+			if got := cl.Want("group_chat"); got.Str("text") != fmt.Sprint(i) {
+				t.Fatalf("%s: message %d is %s", names[j+1], i, got.Raw)
+			}
+		}
+	}
+	for i := 1; i < n; i += 2 {
+		befriend(t, cls[i], cls[i-1], names[i-1])
+		cls[i].Expect(M{"cmd": "private_chat", "user_to": names[i-1], "text": "hi"}, "success")
+		if got := cls[i-1].Want("private_chat"); got.Str("user_from") != names[i] {
+			t.Fatalf("delivered %s", got.Raw)
+		}
+	}
+
+	for _, cl := range cls {
+		cl.Send(M{"cmd": "offline"})
+	}
+	deadline := time.Now().Add(chattest.Timeout)
+	for {
+		left := 0
+		for _, k := range userSubs(t, c) {
+			left += k
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d user subscriptions left after every user logged out", left)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
