@@ -115,9 +115,12 @@ func RunIdle(ctx context.Context, env *Env, o IdleOptions) (*Result, error) {
 	}
 	var w window
 	m.setPhase(phaseMeasure)
+	h0, herr0 := readHostCPU()
 	start := time.Now()
 	w.interrupted = !sleep(ctx, o.Hold)
 	w.elapsed = time.Since(start)
+	h1, herr1 := readHostCPU()
+	w.steal, w.stealOK = stealPercent(h0, h1, herr0, herr1)
 	rampEnd := watch.start()
 	if w.procs, w.rssSamples, err = watch.stop(); err != nil {
 		return nil, fmt.Errorf("--pid: %w", err)

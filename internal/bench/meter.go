@@ -212,6 +212,10 @@ type window struct {
 	procs       []ProcStats
 	rssSamples  int
 	interrupted bool
+	// steal is the host's steal time over the period, in percent of the
+	// machine's CPU time (see hostCPU), when stealOK.
+	steal   float64
+	stealOK bool
 }
 
 // measure runs the warm-up and the measured period. A cancelled ctx ends
@@ -235,11 +239,14 @@ func (m *Meter) measureWhile(ctx context.Context, env *Env, warmup time.Duration
 		return w, err
 	}
 	m.setPhase(phaseMeasure)
+	h0, herr0 := readHostCPU()
 	start, c0 := time.Now(), m.total.Load()
 	m.on.Store(true)
 	w.interrupted = !body()
 	m.on.Store(false)
 	w.elapsed, w.count = time.Since(start), m.total.Load()-c0
+	h1, herr1 := readHostCPU()
+	w.steal, w.stealOK = stealPercent(h0, h1, herr0, herr1)
 	m.setPhase(phaseDrain)
 	if w.procs, w.rssSamples, err = watch.stop(); err != nil {
 		return w, fmt.Errorf("--pid: %w", err)

@@ -75,6 +75,51 @@ func ReadProc(pid int) (ProcSample, error) {
 	return ProcSample{CPU: cpu, Sys: sys, RSS: rss, HWM: hwm}, nil
 }
 
+// hostCPU is the machine's CPU time from /proc/stat, in clock ticks:
+// everything (user to steal), and steal alone, the time a hypervisor ran
+// something else while this machine had work for the CPU.
+type hostCPU struct{ total, steal uint64 }
+
+func readHostCPU() (hostCPU, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return hostCPU{}, err
+	}
+	return parseHostCPU(b)
+}
+
+// parseHostCPU reads the first line of /proc/stat: "cpu  user nice system
+// idle iowait irq softirq steal guest guest_nice". Guest time is already
+// part of user time; kernels before 2.6.11 have no steal field.
+func parseHostCPU(b []byte) (hostCPU, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := bytes.Fields(line)
+	if len(f) < 5 || string(f[0]) != "cpu" {
+		return hostCPU{}, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var h hostCPU
+	for i, v := range f[1:min(len(f), 9)] {
+		n, err := strconv.ParseUint(string(v), 10, 63)
+		if err != nil {
+			return hostCPU{}, fmt.Errorf("/proc/stat: field %d: %w", i+2, err)
+		}
+		h.total += n
+		if i == 7 {
+			h.steal = n
+		}
+	}
+	return h, nil
+}
+
+// stealPercent is the share of the machine's CPU time stolen between two
+// readings; ok is false when nothing can be said.
+func stealPercent(a, b hostCPU, errA, errB error) (pct float64, ok bool) {
+	if errA != nil || errB != nil || b.total <= a.total || b.steal < a.steal {
+		return 0, false
+	}
+	return 100 * float64(b.steal-a.steal) / float64(b.total-a.total), true
+}
+
 // parseStat returns utime+stime and stime from /proc/<pid>/stat. The
 // command name in field 2 is in parentheses and may itself contain spaces
 // and ')', so the fields are counted from the last ')'.

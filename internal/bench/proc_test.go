@@ -110,3 +110,52 @@ func TestReadProcSelf(t *testing.T) {
 		t.Fatal("no error for a process that does not exist")
 	}
 }
+
+func TestParseHostCPU(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    hostCPU
+		wantErr bool
+	}{
+		{"with guest fields", "cpu  100 2 30 400 5 0 10 50 7 0\ncpu0 50 1 15 200 2 0 5 25 3 0\n", hostCPU{total: 597, steal: 50}, false},
+		{"no steal field", "cpu  100 2 30 400 5 0 10\n", hostCPU{total: 547}, false},
+		{"not the cpu line", "intr 12 3 4 5 6\n", hostCPU{}, true},
+		{"too short", "cpu 1 2\n", hostCPU{}, true},
+		{"not a number", "cpu  100 x 30 400 5 0 10 50\n", hostCPU{}, true},
+		{"empty", "", hostCPU{}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseHostCPU([]byte(tc.in))
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Fatalf("parseHostCPU = %+v, %v; want %+v, error %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestStealPercent(t *testing.T) {
+	a := hostCPU{total: 1000, steal: 100}
+	tests := []struct {
+		name   string
+		b      hostCPU
+		err    error
+		want   float64
+		wantOK bool
+	}{
+		{"a quarter stolen", hostCPU{total: 1400, steal: 200}, nil, 25, true},
+		{"none stolen", hostCPU{total: 1200, steal: 100}, nil, 0, true},
+		{"no time passed", a, nil, 0, false},
+		{"counters went back", hostCPU{total: 1400, steal: 50}, nil, 0, false},
+		{"unreadable", hostCPU{total: 1400, steal: 200}, os.ErrNotExist, 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := stealPercent(a, tc.b, nil, tc.err)
+			if ok != tc.wantOK || got != tc.want {
+				t.Fatalf("stealPercent = %v, %v; want %v, %v", got, ok, tc.want, tc.wantOK)
+			}
+		})
+	}
+}
