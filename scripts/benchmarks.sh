@@ -26,7 +26,7 @@ start() {
 	"$bin/chatd" "$@" 2>"$out/$name.log" &
 	pids+=($!)
 	for _ in $(seq 100); do
-		grep -q 'msg="chatd ready"' "$out/$name.log" && return
+		grep -qs 'msg="chatd ready"' "$out/$name.log" && return
 		sleep 0.1
 	done
 	echo "chatd $name did not start:" >&2

@@ -111,6 +111,10 @@ func TestScenariosAgainstChatd(t *testing.T) {
 				t.Fatalf("latency %+v", r.Latency)
 			}
 			checkServer(t, r.Server, tt.pids, lines[0])
+			// The pids were read from /proc, so /proc/stat is there too.
+			if p := r.HostStealPct; p == nil || *p < 0 || *p > 100 || !strings.Contains(lines[0], fmt.Sprintf(" host steal=%.0f%%", *p)) {
+				t.Errorf("host steal %v not in the result or the summary", p)
+			}
 			svg, err := os.ReadFile(svgPath)
 			if err != nil {
 				t.Fatal(err)

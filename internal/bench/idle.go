@@ -146,6 +146,9 @@ func RunIdle(ctx context.Context, env *Env, o IdleOptions) (*Result, error) {
 			res.Scenario, res.Label, held, fmtLatency(h.Quantile(0.5)), fmtLatency(h.Quantile(0.99)), fmtLatency(h.Max()),
 			res.Errors, res.serverName(), fmtMiB(s.RSSBefore), fmtMiB(s.RSSAfter), s.RSSPerConnKiB, rampCPU, s.CPUSeconds,
 			fmtMiB(s.RSSPeakGrowth), s.RSSPeakGrowthPID)
+		if p := res.HostStealPct; p != nil {
+			res.Summary += fmt.Sprintf(" host steal=%.0f%%", *p)
+		}
 		if res.Interrupted {
 			res.Summary += "  (interrupted)"
 		}
