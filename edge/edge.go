@@ -36,11 +36,11 @@ type Options struct {
 	Listen string
 	// Conn is the edge's NATS connection; the caller owns it.
 	Conn *nats.Conn
-	// Deliveries are more NATS connections, the caller's too, that the
-	// users' subscriptions are spread over, each user's always on the
-	// same one. A connection's messages are read by one goroutine, at
-	// both ends: at a busy edge one connection for every delivery is a
-	// queue the cores cannot share. None: Conn carries them.
+	// Deliveries are more NATS connections, the caller's too, that carry
+	// the users' subscriptions, apart from Conn's requests and replies;
+	// with several, each user's is always on the same one. Kept apart,
+	// deliveries arrive in larger batches and the edge writes more lines
+	// per system call (docs/benchmarks.md). None: Conn carries them.
 	Deliveries []*nats.Conn
 	// Name names this edge in logs.
 	Name string

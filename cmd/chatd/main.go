@@ -269,7 +269,7 @@ func (f *edgeFlags) register(fs *flagSet, listen string, withDomain bool) {
 	fs.DurationVar(&f.heartbeat, "heartbeat", 5*time.Second, "how often the edge tells the workers it is alive")
 	fs.DurationVar(&f.keepAlive, "keepalive", 30*time.Second, "idle time before TCP keepalive probes; a vanished client is dropped 30s after that")
 	fs.DurationVar(&f.idleAfter, "idle-after", 5*time.Second, "silence after which a connection is parked: no goroutine until it speaks (Linux)")
-	fs.IntVar(&f.deliveryConns, "delivery-conns", 2, "NATS connections the users' deliveries are spread over, beside the edge's own; 0: that one carries them")
+	fs.IntVar(&f.deliveryConns, "delivery-conns", 1, "NATS connections for the users' deliveries, apart from the one for requests and replies; 0: that one carries them too")
 	if withDomain {
 		fs.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain of the hub, for an edge in a leaf region")
 	}

@@ -32,7 +32,7 @@ func TestMonitoring(t *testing.T) {
 	br := startBroker(t)
 	url := br.ready["nats"]
 	w := startWorker(t, url, "w1", "--metrics", "127.0.0.1:0")
-	e := startEdge(t, url, "e1", "--metrics", "127.0.0.1:0")
+	e := startEdge(t, url, "e1", "--metrics", "127.0.0.1:0", "--delivery-conns", "2")
 	alice := client(t, e, "alice", true)
 	client(t, e, "bob", true)
 	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
