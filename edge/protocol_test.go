@@ -528,7 +528,7 @@ func TestLoginStormAgainstRegistry(t *testing.T) {
 // reach the bucket in the order they happened, acks or not, also when
 // they travel on several delivery connections.
 func TestRegistryMatchesSessions(t *testing.T) {
-	for _, conns := range []int{0, 3} {
+	for _, conns := range []int{0, 1, 3} {
 		t.Run(fmt.Sprint(conns, " delivery connections"), func(t *testing.T) { registryMatchesSessions(t, conns) })
 	}
 }
