@@ -50,8 +50,14 @@ func newEdgeMetrics(reg *metrics.Registry, e *Edge) *edgeMetrics {
 	reg.NewCounterFunc("chatd_edge_registry_write_failures_total",
 		"Session-registry writes that failed or found the queue full; the next heartbeat rewrites this edge's keys.",
 		func() float64 { return float64(e.registry.failed.Load()) })
-	reg.NewCounterFunc("chatd_edge_nats_reconnects_total", "Times the edge's NATS connection was re-established.", func() float64 {
-		return float64(e.nc.Stats().Reconnects)
+	reg.NewCounterFunc("chatd_edge_nats_reconnects_total", "Times the edge's NATS connections were re-established.", func() float64 {
+		n := e.nc.Stats().Reconnects
+		for _, nc := range e.subs {
+			if nc != e.nc {
+				n += nc.Stats().Reconnects
+			}
+		}
+		return float64(n)
 	})
 	return &edgeMetrics{
 		commands: reg.NewCounterVec("chatd_edge_commands_total",
