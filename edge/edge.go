@@ -17,6 +17,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -159,7 +160,10 @@ type Edge struct {
 	ln   net.Listener
 	// subs carry the users' subscriptions, and their session registry
 	// writes (see deliveryConn): Options.Deliveries, or Conn alone.
-	subs []*nats.Conn
+	// settled[i] is subs[i]'s reconnect count when the server was last
+	// known to have its subscriptions (see awaitDeliveries).
+	subs    []*nats.Conn
+	settled []atomic.Uint64
 	// id names this edge instance on NATS: workers address file offers
 	// to it, and probes of a user's subject are answered with it.
 	id    string
@@ -232,6 +236,7 @@ func New(opts Options) (*Edge, error) {
 	if len(opts.Deliveries) > 0 {
 		e.subs = opts.Deliveries
 	}
+	e.settled = make([]atomic.Uint64, len(e.subs))
 	if e.registry, err = newRegistry(e); err != nil {
 		return nil, err
 	}
@@ -599,6 +604,9 @@ func (e *Edge) request(ctx context.Context, m *nats.Msg) (*nats.Msg, error) {
 
 // requestVia is request with the caller's waiter (nil: a new one).
 func (e *Edge) requestVia(ctx context.Context, m *nats.Msg, w *waiter) (*nats.Msg, error) {
+	if err := e.awaitDeliveries(ctx); err != nil {
+		return nil, err
+	}
 	pause := 20 * time.Millisecond
 	var last error = context.DeadlineExceeded
 	for {
@@ -620,6 +628,40 @@ func (e *Edge) requestVia(ctx context.Context, m *nats.Msg, w *waiter) (*nats.Ms
 		}
 		pause = min(2*pause, 500*time.Millisecond)
 	}
+}
+
+// awaitDeliveries waits until the server has the users' subscriptions on
+// every delivery connection. After a broker restart each connection
+// reconnects on its own, and a request that left on Conn before a
+// delivery connection was back would find this edge's own users offline.
+// With one connection for everything that could not happen: a client
+// sends its subscriptions again before anything else. A reconnected
+// connection is flushed once, which proves the server has them.
+func (e *Edge) awaitDeliveries(ctx context.Context) error {
+	if len(e.opts.Deliveries) == 0 {
+		return nil
+	}
+	for i, nc := range e.subs {
+		for {
+			n := nc.Stats().Reconnects
+			if e.settled[i].Load() == n && nc.IsConnected() {
+				break
+			}
+			if nc.IsConnected() {
+				wait := max(deadline.Remaining(ctx, e.opts.RequestTimeout), time.Millisecond)
+				if err := nc.FlushTimeout(wait); err == nil {
+					e.settled[i].Store(n)
+					break
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("delivery connection %d not back: %w", i+1, ctx.Err())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
 
 // held asks whether any edge holds a session of user. An edge that is
