@@ -104,3 +104,38 @@ func TestDeliveriesSpreadOverConnections(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A delivery connection that drops and comes back holds requests until
+// the server has its subscriptions again: a message sent meanwhile
+// between two users of the edge is delivered, never found offline.
+func TestRequestsWaitForTheDeliveryConnection(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	e := c.StartEdge(func(o *edge.Options) { o.Name = "redial" }, c.Deliveries(1))
+	cls := users(t, e.Addr().String(), "alice", "bob")
+	alice, bob := cls[0], cls[1]
+	befriend(t, alice, bob, "bob")
+
+	cz, err := c.Broker.Server().Connz(&server.ConnzOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cid uint64
+	for _, ci := range cz.Conns {
+		if ci.Name == "redial deliveries 1" {
+			cid = ci.Cid
+		}
+	}
+	if cid == 0 {
+		t.Fatal("no delivery connection in /connz")
+	}
+	// The client waits ReconnectWait (100 ms) before it dials again:
+	// the message below is sent while bob's subscription is gone.
+	if err := c.Broker.Server().DisconnectClientByID(cid); err != nil {
+		t.Fatal(err)
+	}
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "still here?"}, "success")
+	if got := bob.Want("private_chat"); got.Str("text") != "still here?" {
+		t.Fatalf("delivered %s", got.Raw)
+	}
+}

@@ -647,6 +647,9 @@ func (e *Edge) awaitDeliveries(ctx context.Context) error {
 			if e.settled[i].Load() == n && nc.IsConnected() {
 				break
 			}
+			if nc.IsClosed() {
+				return fmt.Errorf("delivery connection %d: %w", i+1, nats.ErrConnectionClosed)
+			}
 			if nc.IsConnected() {
 				wait := max(deadline.Remaining(ctx, e.opts.RequestTimeout), time.Millisecond)
 				if err := nc.FlushTimeout(wait); err == nil {
