@@ -7,22 +7,29 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/chatd-io/chatd/edge"
 	"github.com/chatd-io/chatd/internal/chattest"
 	"github.com/chatd-io/chatd/internal/proto"
 )
 
-// userSubs counts, by connection name, the users' delivery subscriptions
-// the broker holds: what `nats server report connections` shows.
-func userSubs(t *testing.T, c *chattest.Cluster) map[string]int {
+// brokerConns is the broker's /connz list, with subscriptions.
+func brokerConns(t *testing.T, c *chattest.Cluster) []*server.ConnInfo {
 	t.Helper()
 	cz, err := c.Broker.Server().Connz(&server.ConnzOptions{Subscriptions: true, Limit: 1024})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cz.Conns
+}
+
+// userSubs counts, by connection name, the users' delivery subscriptions
+// the broker holds: what `nats server report connections` shows.
+func userSubs(t *testing.T, c *chattest.Cluster) map[string]int {
+	t.Helper()
 	out := map[string]int{}
-	for _, ci := range cz.Conns {
+	for _, ci := range brokerConns(t, c) {
 		for _, s := range ci.Subs {
 			if strings.HasPrefix(s, proto.UserPrefix) {
 				out[ci.Name]++
@@ -111,28 +118,26 @@ func TestDeliveriesSpreadOverConnections(t *testing.T) {
 func TestRequestsWaitForTheDeliveryConnection(t *testing.T) {
 	c := chattest.StartBroker(t, "")
 	c.StartWorker("")
-	e := c.StartEdge(func(o *edge.Options) { o.Name = "redial" }, c.Deliveries(1))
+	dnc := c.Conn("deliveries")
+	e := c.StartEdge(func(o *edge.Options) { o.Deliveries = []*nats.Conn{dnc} })
 	cls := users(t, e.Addr().String(), "alice", "bob")
 	alice, bob := cls[0], cls[1]
 	befriend(t, alice, bob, "bob")
 
-	cz, err := c.Broker.Server().Connz(&server.ConnzOptions{})
+	cid, err := dnc.GetClientID()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cid uint64
-	for _, ci := range cz.Conns {
-		if ci.Name == "redial deliveries 1" {
-			cid = ci.Cid
-		}
-	}
-	if cid == 0 {
-		t.Fatal("no delivery connection in /connz")
-	}
-	// The client waits ReconnectWait (100 ms) before it dials again:
-	// the message below is sent while bob's subscription is gone.
 	if err := c.Broker.Server().DisconnectClientByID(cid); err != nil {
 		t.Fatal(err)
+	}
+	// As after a broker restart, the client knows it lost the server; it
+	// waits ReconnectWait (100 ms) before it dials again, so the message
+	// below is sent while bob's subscription is gone.
+	for deadline := time.Now().Add(chattest.Timeout); dnc.IsConnected(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the delivery connection did not notice it was dropped")
+		}
 	}
 	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "still here?"}, "success")
 	if got := bob.Want("private_chat"); got.Str("text") != "still here?" {
