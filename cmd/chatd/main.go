@@ -483,13 +483,10 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer enc.Close()
 	eo := ef.options(enc, bf.name, mon.reg, log)
-	for i := range ef.deliveryConns {
-		dnc, err := b.Connect(deliveryConnName(bf.name, i))
-		if err != nil {
-			return err
-		}
-		defer dnc.Close()
-		eo.Deliveries = append(eo.Deliveries, dnc)
+	eo.Deliveries, err = openDeliveries(ef.deliveryConns, bf.name, func(name string) (*nats.Conn, error) { return b.Connect(name) })
+	defer closeAll(eo.Deliveries)
+	if err != nil {
+		return err
 	}
 	e, err := edge.New(eo)
 	if err != nil {
@@ -579,13 +576,12 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer nc.Close()
 	eo := ef.options(nc, *name, mon.reg, log)
-	for i := range ef.deliveryConns {
-		dnc, err := connect(ctx, *natsURL, deliveryConnName(*name, i), log)
-		if err != nil {
-			return err
-		}
-		defer dnc.Close()
-		eo.Deliveries = append(eo.Deliveries, dnc)
+	eo.Deliveries, err = openDeliveries(ef.deliveryConns, *name, func(name string) (*nats.Conn, error) {
+		return connect(ctx, *natsURL, name, log)
+	})
+	defer closeAll(eo.Deliveries)
+	if err != nil {
+		return err
 	}
 	e, err := edge.New(eo)
 	if err != nil {
@@ -651,10 +647,26 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	return nil
 }
 
-// deliveryConnName names an edge's i-th delivery connection in NATS
-// monitoring (nats server report connections).
-func deliveryConnName(edge string, i int) string {
-	return "chatd-edge " + edge + " deliveries " + strconv.Itoa(i+1)
+// openDeliveries dials an edge's n delivery connections, each named for
+// NATS monitoring (nats server report connections) "chatd-edge <edge>
+// deliveries <i>". On an error it returns those already open, for the
+// caller to close with the rest.
+func openDeliveries(n int, edge string, dial func(name string) (*nats.Conn, error)) ([]*nats.Conn, error) {
+	var conns []*nats.Conn
+	for i := range n {
+		nc, err := dial("chatd-edge " + edge + " deliveries " + strconv.Itoa(i+1))
+		if err != nil {
+			return conns, err
+		}
+		conns = append(conns, nc)
+	}
+	return conns, nil
+}
+
+func closeAll(conns []*nats.Conn) {
+	for _, nc := range conns {
+		nc.Close()
+	}
 }
 
 // connect dials NATS, retrying until ctx ends: processes may start in any order.
