@@ -48,8 +48,9 @@ type LevelDB struct {
 	// Friend lists are read at every login and logout (to tell friends),
 	// a user's groups at every login, a group's members at every group
 	// message, and a friendship is checked at every private message: a
-	// LevelDB iterator or lookup costs far more than a map lookup. Lists are cached by key prefix and name
-	// ("F:alice", "M:team"), and membership is answered from a cached list.
+	// LevelDB iterator or lookup costs far more than a map lookup. Lists
+	// are cached by key prefix and name ("F:alice", "M:team"), and
+	// membership is answered from a cached list.
 	// Entries are dropped when an event that changes them is applied; the
 	// whole cache is dropped when it reaches maxCachedLists, which bounds
 	// its memory. gen counts the drops, so that a list read from the
