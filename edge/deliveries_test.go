@@ -144,3 +144,27 @@ func TestRequestsWaitForTheDeliveryConnection(t *testing.T) {
 		t.Fatalf("delivered %s", got.Raw)
 	}
 }
+
+// A delivery becomes exactly one line for the client whether its payload
+// ends in a newline (a group message from a worker) or not (the older
+// form, and every other notice).
+func TestDeliveryIsOneLine(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	e := c.StartEdge()
+	cl := users(t, e.Addr().String(), "ann")[0]
+	nc := c.Conn("test")
+	for _, tc := range []struct{ name, payload string }{
+		{"bare", `{"cmd":"notice","n":1}`},
+		{"with newline", `{"cmd":"notice","n":2}` + "\n"},
+	} {
+		// Not subtests: the client fails the test it was made with.
+		if err := nc.Publish(proto.UserSubject("ann"), []byte(tc.payload)); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := cl.Want("notice").Raw, strings.TrimSuffix(tc.payload, "\n"); got != want {
+			t.Fatalf("%s: line %q, want %q", tc.name, got, want)
+		}
+		cl.Sync() // fails on an empty line before the pong
+	}
+}

@@ -738,10 +738,23 @@ func (e *Edge) newestSession(user string) *conn {
 	return best
 }
 
-// dispatch serves every per-user subscription.
+// dispatch serves every per-user subscription. Under load the queue is
+// seldom empty, and a receive that does not wait skips the select over
+// both channels (a lock on each) that an idle dispatcher needs.
 func (e *Edge) dispatch() {
 	defer e.wg.Done()
 	for {
+		select {
+		case <-e.closing:
+			return
+		default:
+		}
+		select {
+		case m := <-e.deliveries:
+			e.deliver(m)
+			continue
+		default:
+		}
 		select {
 		case m := <-e.deliveries:
 			e.deliver(m)
@@ -823,7 +836,7 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 				break
 			}
 			if line == nil {
-				line = append(append(make([]byte, 0, len(m.Data)+1), m.Data...), '\n')
+				line = asLine(m.Data)
 			}
 			c.send(line)
 		}
@@ -838,7 +851,10 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 		// over the writers and the cores rather than hold up this loop.
 		// The line is built in the dispatcher's own buffer, copied only if
 		// the socket does not take it at once.
-		e.line = append(append(e.line[:0], m.Data...), '\n')
+		e.line = append(e.line[:0], m.Data...)
+		if !bytes.HasSuffix(e.line, []byte("\n")) {
+			e.line = append(e.line, '\n')
+		}
 		only.sendNow(e.line, true)
 		e.line = keepable(e.line)
 	}
@@ -967,4 +983,14 @@ func splitLines(b []byte) [][]byte {
 		}
 	}
 	return out
+}
+
+// asLine returns a delivery as a line for the client. A payload that ends
+// in a newline (a group message, which workers publish once per member)
+// is one already: the client library gave each message its own copy.
+func asLine(data []byte) []byte {
+	if n := len(data); n > 0 && data[n-1] == '\n' {
+		return data
+	}
+	return append(append(make([]byte, 0, len(data)+1), data...), '\n')
 }

@@ -358,8 +358,10 @@ func (w *Worker) groupChat(ctx context.Context, c *call) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	msg := obj("cmd", "group_chat", "user", c.user, "group", group, "text", text,
-		"time", time.Now().UnixMilli(), "msg_id", nuid.Next())
+	// With its newline, so that each member's edge can write the copy it
+	// gets as it is.
+	msg := append(obj("cmd", "group_chat", "user", c.user, "group", group, "text", text,
+		"time", time.Now().UnixMilli(), "msg_id", nuid.Next()), '\n')
 	for _, m := range members {
 		if m != c.user {
 			w.notify(m, 0, msg)
