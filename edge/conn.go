@@ -91,6 +91,14 @@ func newConn(e *Edge, sock net.Conn) *conn {
 // connections do not keep one each.
 const writerIdle = time.Second
 
+// extraTurns bounds the further turns a writer yields while its queue is
+// growing; past fullBatch lines it writes at once. More turns than this
+// wrote no more lines per call and cost the scheduler more.
+const (
+	extraTurns = 3
+	fullBatch  = 16
+)
+
 // workerCommand reports commands the workers answer.
 func workerCommand(cmd string) bool {
 	switch cmd {
@@ -290,6 +298,22 @@ func (c *conn) writeLoop() {
 		// writes them all. With nothing else to run this returns at once.
 		runtime.Gosched()
 		c.mu.Lock()
+		// With a short queue, a few more turns for as long as each brings
+		// more lines: a group message reaches its members one by one, and
+		// the dispatcher may still be going through them. One call then
+		// writes more of them.
+		for range extraTurns {
+			n := len(c.queue)
+			if n == 0 || n >= fullBatch {
+				break
+			}
+			c.mu.Unlock()
+			runtime.Gosched()
+			c.mu.Lock()
+			if len(c.queue) == n {
+				break
+			}
+		}
 		batch := c.queue
 		if len(batch) == 0 || c.busy || c.closed {
 			c.noneQueued()
