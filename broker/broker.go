@@ -53,6 +53,12 @@ type Options struct {
 	// LameDuck is how long a shutdown spreads client disconnects over.
 	// With a ConfigFile, zero keeps the file's lame_duck_duration.
 	LameDuck time.Duration
+	// PingInterval is how often the server pings a quiet connection, and
+	// PingsOut how many may go unanswered before it cuts the connection
+	// as half-open. Zero keeps nats-server's defaults (2 minutes, 2), or
+	// with a ConfigFile the file's ping_interval and ping_max.
+	PingInterval time.Duration
+	PingsOut     int
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	ReadyTimeout time.Duration
 	Logger       *slog.Logger
@@ -128,6 +134,7 @@ func serverOptions(opts Options) (*server.Options, error) {
 			so.LameDuckDuration = 10 * time.Second
 		}
 		so.LameDuckGracePeriod = so.LameDuckDuration / 2
+		pings(so, opts)
 		return so, nil
 	}
 	so := &server.Options{
@@ -138,6 +145,7 @@ func serverOptions(opts Options) (*server.Options, error) {
 		NoSigs:              true,
 		MaxPayload:          8 << 20,
 	}
+	pings(so, opts)
 	if !opts.NoJetStream {
 		so.StoreDir = filepath.Join(opts.DataDir, "jetstream")
 		so.JetStreamDomain = opts.JetStreamDomain
@@ -162,6 +170,15 @@ func serverOptions(opts Options) (*server.Options, error) {
 		so.HTTPHost, so.HTTPPort = host, port
 	}
 	return so, nil
+}
+
+func pings(so *server.Options, opts Options) {
+	if opts.PingInterval > 0 {
+		so.PingInterval = opts.PingInterval
+	}
+	if opts.PingsOut > 0 {
+		so.MaxPingsOut = opts.PingsOut
+	}
 }
 
 // clustering fills the route and leaf node settings.

@@ -237,6 +237,10 @@ func checkLikeFlags(t *testing.T, where string, so *server.Options) {
 	if so.MaxPayload != 8<<20 {
 		t.Errorf("%s: max_payload is %d, chatd brokers use 8MB", where, so.MaxPayload)
 	}
+	if so.PingInterval != defaultNATSPing || so.MaxPingsOut != maxPingsOut {
+		t.Errorf("%s: ping_interval %s and ping_max %d; chatd brokers use %s and %d, so that a half-open connection goes within about a minute",
+			where, so.PingInterval, so.MaxPingsOut, defaultNATSPing, maxPingsOut)
+	}
 	if so.ServerName == "" {
 		t.Errorf("%s: no server_name: monitoring, routes and JetStream then show a random id", where)
 	}

@@ -102,6 +102,7 @@ type flagSet struct {
 	*flag.FlagSet
 	logLevel   string
 	check      bool
+	natsPing   time.Duration
 	gc         gcFlags
 	set        map[string]bool // flags given on the command line or in the environment
 	unknownEnv []string        // CHATD_* variables that are no flag of this command
@@ -112,6 +113,8 @@ func newFlagSet(name string, stderr io.Writer) *flagSet {
 	fs.SetOutput(stderr)
 	fs.StringVar(&fs.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&fs.check, "check", false, "check the configuration (flags, environment, files), print it and exit")
+	fs.DurationVar(&fs.natsPing, "nats-ping", defaultNATSPing, "how often a quiet NATS connection is pinged, by a broker and by chatd's own connections;\n"+
+		"a peer that misses "+strconv.Itoa(maxPingsOut)+" pings in a row is cut (a half-open connection)")
 	fs.gc.register(fs)
 	return fs
 }
@@ -155,6 +158,9 @@ func (fs *flagSet) parse(args []string) error {
 // (the garbage collector's, and giving memory back when quiet).
 func (fs *flagSet) setup(ctx context.Context, stderr io.Writer) (*slog.Logger, error) {
 	var lvl slog.Level
+	if fs.natsPing < minNATSPing || fs.natsPing > maxNATSPing {
+		return nil, usageError{fmt.Errorf("--nats-ping %s: want %s to %s", fs.natsPing, minNATSPing, maxNATSPing)}
+	}
 	if err := lvl.UnmarshalText([]byte(fs.logLevel)); err != nil {
 		return nil, usageError{fmt.Errorf("--log-level: %w", err)}
 	}
@@ -228,12 +234,15 @@ func (f *brokerFlags) options(fs *flagSet, data string, alone bool, log *slog.Lo
 	if f.routes != "" && f.clusterListen == "" {
 		return broker.Options{}, usageError{errors.New("--routes needs --cluster-listen")}
 	}
-	lameDuck := f.lameDuck
+	lameDuck, ping, pingsOut := f.lameDuck, fs.natsPing, maxPingsOut
 	if f.config != "" && !fs.set["lame-duck"] {
 		lameDuck = 0 // the file's lame_duck_duration, if it has one
 	}
+	if f.config != "" && !fs.set["nats-ping"] {
+		ping, pingsOut = 0, 0 // the file's ping_interval and ping_max, or nats-server's defaults
+	}
 	opts := broker.Options{ConfigFile: f.config, Name: f.name, Listen: f.natsListen, HTTP: f.http, DataDir: data,
-		LameDuck: lameDuck, NoJetStream: !f.jetStream, JetStreamDomain: f.jsDomain, ClusterName: f.clusterName,
+		LameDuck: lameDuck, PingInterval: ping, PingsOut: pingsOut, NoJetStream: !f.jetStream, JetStreamDomain: f.jsDomain, ClusterName: f.clusterName,
 		ClusterListen: f.clusterListen, Routes: splitList(f.routes), LeafListen: f.leafListen,
 		LeafRemotes: splitList(f.leafRemote), Logger: log}
 	if err := broker.Check(opts); err != nil {
@@ -570,14 +579,14 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer mon.close()
-	nc, err := connect(ctx, *natsURL, "chatd-edge "+*name, log)
+	nc, err := connect(ctx, *natsURL, "chatd-edge "+*name, fs.natsPing, log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	eo := ef.options(nc, *name, mon.reg, log)
 	eo.Deliveries, err = openDeliveries(ef.deliveryConns, *name, func(name string) (*nats.Conn, error) {
-		return connect(ctx, *natsURL, name, log)
+		return connect(ctx, *natsURL, name, fs.natsPing, log)
 	})
 	defer closeAll(eo.Deliveries)
 	if err != nil {
@@ -627,7 +636,7 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer mon.close()
-	nc, err := connect(ctx, *natsURL, "chatd-worker "+*name, log)
+	nc, err := connect(ctx, *natsURL, "chatd-worker "+*name, fs.natsPing, log)
 	if err != nil {
 		return err
 	}
@@ -669,10 +678,25 @@ func closeAll(conns []*nats.Conn) {
 	}
 }
 
+// Pings on NATS connections. The libraries' default, every 2 minutes and
+// cut after 2 missed, leaves a half-open connection (a peer gone without a
+// FIN or RST, a silent firewall) in place for up to 6 minutes: a worker's
+// queue subscription keeps drawing requests that time out, an edge's
+// users get nothing. At 20 s the broker and the client both notice within
+// about a minute, for one small frame each way per quiet connection.
+const (
+	defaultNATSPing = 20 * time.Second
+	minNATSPing     = 100 * time.Millisecond
+	maxNATSPing     = 10 * time.Minute
+	maxPingsOut     = 2
+)
+
 // connect dials NATS, retrying until ctx ends: processes may start in any order.
-func connect(ctx context.Context, url, name string, log *slog.Logger) (*nats.Conn, error) {
+func connect(ctx context.Context, url, name string, ping time.Duration, log *slog.Logger) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
+		nats.PingInterval(ping),
+		nats.MaxPingsOutstanding(maxPingsOut),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),

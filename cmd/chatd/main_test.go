@@ -161,6 +161,8 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		{[]string{"edge"}, []string{"CHATD_DELIVERY_CONNS=1000"}, "--delivery-conns 1000 is not within"},
 		{[]string{"all"}, []string{"CHATD_REQUEST_TIMEOUT=soon"}, "CHATD_REQUEST_TIMEOUT"},
 		{[]string{"all", "--log-level", "loud"}, nil, "--log-level"},
+		{[]string{"broker", "--nats-ping", "1ms"}, nil, "--nats-ping 1ms: want 100ms to 10m0s"},
+		{[]string{"worker"}, []string{"CHATD_NATS_PING=1h"}, "--nats-ping 1h0m0s: want"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

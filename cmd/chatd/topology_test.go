@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -339,9 +340,12 @@ func TestTopologyThreeBrokerCluster(t *testing.T) {
 }
 
 // tcpProxy forwards connections to target until cut; restore resumes.
+// While silent it keeps every connection open and drops what it reads,
+// as a dead host or a firewall that drops packets would.
 type tcpProxy struct {
 	ln     net.Listener
 	target string
+	silent atomic.Bool
 	mu     sync.Mutex
 	cut    bool
 	conns  []net.Conn
@@ -379,8 +383,31 @@ func (p *tcpProxy) serve() {
 		}
 		p.conns = append(p.conns, c, up)
 		p.mu.Unlock()
-		go func() { _, _ = io.Copy(up, c); up.Close() }()
-		go func() { _, _ = io.Copy(c, up); c.Close() }()
+		go p.pipe(up, c)
+		go p.pipe(c, up)
+	}
+}
+
+// pipe copies src to dst until either fails, dropping what it reads
+// while the proxy is silent. A silent proxy does not pass on a close
+// either: the other side learns nothing.
+func (p *tcpProxy) pipe(dst, src net.Conn) {
+	defer func() {
+		if !p.silent.Load() {
+			dst.Close()
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.silent.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 
@@ -396,6 +423,48 @@ func (p *tcpProxy) setCut(cut bool) {
 		}
 		p.conns = nil
 	}
+}
+
+// A worker whose link to the broker goes silent, without a FIN or an RST,
+// is cut by the broker's pings: requests stop reaching it, and the other
+// worker serves every one. With nats-server's default pings the silent
+// worker would go on drawing half the requests, each failing after the
+// request timeout, for minutes.
+func TestTopologyHalfOpenWorker(t *testing.T) {
+	ping := []string{"--nats-ping", "200ms"}
+	b := startBroker(t, ping...)
+	url := b.ready["nats"]
+	link := newProxy(t, strings.TrimPrefix(url, "nats://"))
+	startWorker(t, url, "near", ping...)
+	startWorker(t, "nats://"+link.ln.Addr().String(), "far", ping...)
+	e := startEdge(t, url, "e", append(ping, "--request-timeout", "500ms")...)
+	alice := client(t, e, "alice", true)
+	alice.Expect(M{"cmd": "create_group", "group": "g"}, "success")
+	members := func() bool {
+		return alice.Result(M{"cmd": "get_group_member", "group": "g"}).Str("member") == "alice"
+	}
+	for range 20 {
+		if !members() {
+			t.Fatal("get_group_member failed before the link went silent")
+		}
+	}
+	if served := workerRequests(t, url); served["far"] == 0 || served["near"] == 0 {
+		t.Fatalf("requests per worker before the link went silent: %v; want both serving", served)
+	}
+
+	link.silent.Store(true)
+	silent := time.Now()
+	for ok := 0; ok < 20; {
+		if time.Since(silent) > 20*time.Second {
+			t.Fatalf("requests still failing %s after the far worker's link went silent", time.Since(silent).Round(time.Second))
+		}
+		if members() {
+			ok++
+		} else {
+			ok = 0
+		}
+	}
+	t.Logf("every request served again %s after the link went silent", time.Since(silent).Round(100*time.Millisecond))
 }
 
 // Two regions: a hub with the workers, a leaf region with only an edge.
