@@ -256,9 +256,10 @@ func New(opts Options) (*Edge, error) {
 		_ = e.svc.Stop()
 		return nil, fmt.Errorf("edge: %w", err)
 	}
-	e.wg.Add(2)
+	e.wg.Add(3)
 	go e.dispatch()
 	go e.registry.run()
+	go e.watchReconnects()
 	if p, err := newPoller(); err != nil {
 		e.log.Info("idle connections keep their goroutines", "reason", err)
 	} else {
@@ -665,6 +666,60 @@ func (e *Edge) awaitDeliveries(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// watchReconnects hands out, once a delivery connection is back, what was
+// stored meanwhile for the users on it. While it was away, a message for
+// them found nobody subscribed and was kept, and the nudge that tells a
+// session to fetch it went nowhere. (An edge that was away long enough to
+// be given up does this and more when it registers again.) The client
+// library has no second reconnect callback for the edge to add, and one
+// look per heartbeat is soon enough.
+func (e *Edge) watchReconnects() {
+	defer e.wg.Done()
+	seen := make([]uint64, len(e.subs))
+	for i, nc := range e.subs {
+		seen[i] = nc.Stats().Reconnects
+	}
+	tick := time.NewTicker(e.opts.Heartbeat)
+	defer tick.Stop()
+	for {
+		select {
+		case <-e.closing:
+			return
+		case <-tick.C:
+		}
+		for i, nc := range e.subs {
+			if n := nc.Stats().Reconnects; n != seen[i] && nc.IsConnected() {
+				seen[i] = n
+				e.refetch(i)
+			}
+		}
+	}
+}
+
+// refetch fetches the stored messages of every local user on delivery
+// connection i, one user at a time: after a broker restart every edge
+// does this at once. Each fetch waits for the connection's
+// subscriptions to be back (requestVia), so a message stored after it
+// looked is nudged as usual.
+func (e *Edge) refetch(i int) {
+	n := 0
+	for _, user := range e.localUsers() {
+		if e.deliveryConn(user) != i {
+			continue
+		}
+		select {
+		case <-e.closing:
+			return
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
+		e.fetchInbox(ctx, user, nil, false)
+		cancel()
+		n++
+	}
+	e.log.Info("delivery connection back: stored messages fetched", "connection", i+1, "users", n)
 }
 
 // held asks whether any edge holds a session of user. An edge that is

@@ -467,6 +467,37 @@ func TestTopologyHalfOpenWorker(t *testing.T) {
 	t.Logf("every request served again %s after the link went silent", time.Since(silent).Round(100*time.Millisecond))
 }
 
+// An edge whose NATS link drops for a moment, too short for the workers
+// to give it up, hands its users what was stored for them while it was
+// away, without their logging in again: the nudge that would have told
+// them went out while the edge had no subscription.
+func TestTopologyEdgeLinkDropsBriefly(t *testing.T) {
+	b := startBroker(t)
+	url := b.ready["nats"]
+	link := newProxy(t, strings.TrimPrefix(url, "nats://"))
+	// Given up only after a minute: the edge's own rejoin must not be what
+	// hands the message out.
+	startWorker(t, url, "w", "--edge-dead-after", "1m")
+	near := startEdge(t, url, "near")
+	far := startEdge(t, "nats://"+link.ln.Addr().String(), "far")
+	alice := client(t, near, "alice", true)
+	bob := client(t, far, "bob", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	bob.Want("add_friend_reply")
+
+	link.setCut(true)
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "while you were away"}, "offline")
+	link.setCut(false)
+	if m := bob.Want("private_chat"); m.Str("text") != "while you were away" || m.Str("user_from") != "alice" {
+		t.Fatalf("bob got %s", m.Raw)
+	}
+	// Handed out once: a message from now on arrives as usual, and alone.
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "back"}, "success")
+	if m := bob.Want("private_chat"); m.Str("text") != "back" {
+		t.Fatalf("bob got %s after the stored message", m.Raw)
+	}
+}
+
 // Two regions: a hub with the workers, a leaf region with only an edge.
 // Users in the two regions chat and see each other's presence; a cut
 // between the regions is survived.
