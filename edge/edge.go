@@ -690,9 +690,10 @@ func (e *Edge) watchReconnects() {
 		case <-tick.C:
 		}
 		for i, nc := range e.subs {
-			if n := nc.Stats().Reconnects; n != seen[i] && nc.IsConnected() {
+			// Until every fetch went through: right after a broker
+			// restart the workers may not read the stream yet.
+			if n := nc.Stats().Reconnects; n != seen[i] && nc.IsConnected() && e.refetch(i) {
 				seen[i] = n
-				e.refetch(i)
 			}
 		}
 	}
@@ -702,8 +703,9 @@ func (e *Edge) watchReconnects() {
 // connection i, one user at a time: after a broker restart every edge
 // does this at once. Each fetch waits for the connection's
 // subscriptions to be back (requestVia), so a message stored after it
-// looked is nudged as usual.
-func (e *Edge) refetch(i int) {
+// looked is nudged as usual. It stops at the first fetch that fails and
+// reports whether all went through; those done are empty the next time.
+func (e *Edge) refetch(i int) bool {
 	n := 0
 	for _, user := range e.localUsers() {
 		if e.deliveryConn(user) != i {
@@ -711,15 +713,20 @@ func (e *Edge) refetch(i int) {
 		}
 		select {
 		case <-e.closing:
-			return
+			return true
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
-		e.fetchInbox(ctx, user, nil, false)
+		err := e.fetchInbox(ctx, user, nil, false)
 		cancel()
+		if err != nil {
+			e.log.Warn("delivery connection back, stored messages not fetched yet; trying again", "connection", i+1, "err", err)
+			return false
+		}
 		n++
 	}
 	e.log.Info("delivery connection back: stored messages fetched", "connection", i+1, "users", n)
+	return true
 }
 
 // held asks whether any edge holds a session of user. An edge that is
@@ -939,8 +946,10 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 // is gone before its socket took them, or this edge dies meanwhile, they
 // stay stored for the next login (at least once; a repeat has the same
 // msg_id). Fetches for one user take turns here, so that a login's fetch
-// and a nudge's do not both write the same messages.
-func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, announce bool) {
+// and a nudge's do not both write the same messages. The error says that
+// no worker could read them (it is logged here); what is left behind
+// after a failed removal is not one.
+func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, announce bool) error {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(user))
 	lock := &e.fetching[h.Sum32()%uint32(len(e.fetching))]
@@ -957,9 +966,14 @@ func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, an
 			m.Data, announce = []byte(`{"announce":true,"peek":true}`), false
 		}
 		reply, err := e.request(ctx, m)
+		if err == nil && reply.Header.Get(micro.ErrorHeader) != "" {
+			// The worker's error answer ({"cmd":"inbox_reply",…}): for
+			// this edge, not a line for the client.
+			err = fmt.Errorf("worker answered %s", reply.Data)
+		}
 		if err != nil {
 			e.log.Warn("fetching offline messages failed", "user", user, "err", err)
-			return
+			return err
 		}
 		for _, line := range splitLines(reply.Data) {
 			if isStoredOffer(line) {
@@ -975,12 +989,12 @@ func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, an
 		seqs := reply.Header.Get(proto.HdrInboxSeqs)
 		if seqs == "" { // nothing was stored, or a worker that removes as it reads
 			if reply.Header.Get(proto.HdrMore) == "" {
-				return
+				return nil
 			}
 			continue
 		}
 		if !written(sessions) {
-			return
+			return nil // the sessions are gone: left for the next login
 		}
 		done := nats.NewMsg(proto.InternalPrefix + proto.IntInboxDone)
 		done.Header.Set(proto.HdrUser, user)
@@ -993,10 +1007,10 @@ func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, an
 		if err != nil {
 			// Handed out again at the next fetch: a repeat, not a loss.
 			e.log.Warn("removing delivered offline messages failed", "user", user, "err", err)
-			return
+			return nil
 		}
 		if reply.Header.Get(proto.HdrMore) == "" {
-			return
+			return nil
 		}
 	}
 }

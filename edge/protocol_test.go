@@ -20,6 +20,7 @@ import (
 	"github.com/chatd-io/chatd/edge"
 	"github.com/chatd-io/chatd/internal/chattest"
 	"github.com/chatd-io/chatd/internal/proto"
+	"github.com/chatd-io/chatd/workers"
 )
 
 type M = map[string]any
@@ -682,5 +683,28 @@ func TestSlowRecipientStallsNobody(t *testing.T) {
 	_ = bob.SetReadDeadline(time.Now().Add(chattest.Timeout))
 	if _, err := io.Copy(io.Discard, bob); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("bob is still connected: %v", err)
+	}
+}
+
+// A worker that cannot read the stored messages (here their stream is
+// gone) answers the edge with an error; the client sees a login like any
+// other, and no line of that answer.
+func TestStoredMessagesFailureStaysInside(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	js, err := jetstream.New(c.Conn("admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), chattest.Timeout)
+	defer cancel()
+	if err := js.DeleteStream(ctx, workers.InboxStream); err != nil {
+		t.Fatal(err)
+	}
+	bob := users(t, addr, "bob")[0]
+	bob.Sync()
+	if p := bob.Pending(); len(p) != 0 {
+		t.Fatalf("after login: %v", p)
 	}
 }
