@@ -58,6 +58,12 @@ func (p *proc) log() string {
 	return p.logBuf.String()
 }
 
+// readyWithin bounds the wait for a process's ready line. A worker in a
+// three-broker cluster first waits for JetStream to elect its leaders and
+// create replicated streams, which with the race detector on a loaded
+// machine took more than 10 s.
+const readyWithin = 30 * time.Second
+
 // startProc runs chatd with args and waits for its ready line.
 func startProc(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
@@ -97,8 +103,8 @@ func startProc(t *testing.T, env []string, args ...string) *proc {
 	case p.ready = <-readyc:
 	case <-p.exited:
 		t.Fatalf("chatd %v exited before ready: %v\n%s", args, p.err, p.log())
-	case <-time.After(chattest.Timeout):
-		t.Fatalf("chatd %v not ready within %s\n%s", args, chattest.Timeout, p.log())
+	case <-time.After(readyWithin):
+		t.Fatalf("chatd %v not ready within %s\n%s", args, readyWithin, p.log())
 	}
 	return p
 }
