@@ -913,10 +913,7 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 		// over the writers and the cores rather than hold up this loop.
 		// The line is built in the dispatcher's own buffer, copied only if
 		// the socket does not take it at once.
-		e.line = append(e.line[:0], m.Data...)
-		if !bytes.HasSuffix(e.line, []byte("\n")) {
-			e.line = append(e.line, '\n')
-		}
+		e.line = appendLine(e.line[:0], m.Data)
 		only.sendNow(e.line, true)
 		e.line = keepable(e.line)
 	}
@@ -1058,8 +1055,18 @@ func splitLines(b []byte) [][]byte {
 // in a newline (a group message, which workers publish once per member)
 // is one already: the client library gave each message its own copy.
 func asLine(data []byte) []byte {
-	if n := len(data); n > 0 && data[n-1] == '\n' {
+	if bytes.HasSuffix(data, []byte("\n")) {
 		return data
 	}
-	return append(append(make([]byte, 0, len(data)+1), data...), '\n')
+	return appendLine(make([]byte, 0, len(data)+1), data)
+}
+
+// appendLine appends a delivery to b as one line, its newline added
+// unless it has one.
+func appendLine(b, data []byte) []byte {
+	b = append(b, data...)
+	if !bytes.HasSuffix(data, []byte("\n")) {
+		b = append(b, '\n')
+	}
+	return b
 }
