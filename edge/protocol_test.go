@@ -19,7 +19,7 @@ import (
 
 	"github.com/chatd-io/chatd/edge"
 	"github.com/chatd-io/chatd/internal/chattest"
-	"github.com/chatd-io/chatd/internal/proto"
+	"github.com/chatd-io/chatd/internal/sessionlog"
 	"github.com/chatd-io/chatd/workers"
 )
 
@@ -524,10 +524,10 @@ func TestLoginStormAgainstRegistry(t *testing.T) {
 	wg.Wait()
 }
 
-// After logins and logouts racing one another, the session registry holds
-// a key for exactly the users still logged in: a user's put and delete
-// reach the bucket in the order they happened, acks or not, also when
-// they travel on several delivery connections.
+// After logins and logouts racing one another, the session log replays
+// to exactly the users still logged in: a user's changes reach it in the
+// order they happened, many to a message or one, also when they travel
+// on several delivery connections.
 func TestRegistryMatchesSessions(t *testing.T) {
 	for _, conns := range []int{0, 1, 3} {
 		t.Run(fmt.Sprint(conns, " delivery connections"), func(t *testing.T) { registryMatchesSessions(t, conns) })
@@ -552,7 +552,7 @@ func registryMatchesSessions(t *testing.T, deliveries int) {
 		user := fmt.Sprint("r", i)
 		stayOn := i%2 == 0
 		if stayOn {
-			want[proto.Token(user)] = true
+			want[user] = true
 		}
 		wg.Go(func() {
 			for r := range rounds {
@@ -574,19 +574,15 @@ func registryMatchesSessions(t *testing.T, deliveries int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.KeyValue(ctx, proto.SessionBucket)
+	log, err := js.Stream(ctx, sessionlog.Stream)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got map[string]bool
 	for ctx.Err() == nil { // logouts are not waited for: poll until they land
-		got = map[string]bool{}
-		keys, err := kv.ListKeysFiltered(ctx, "s.>")
-		if err != nil {
+		// "*": the record of every edge, and there is one.
+		if got, err = sessionlog.Read(ctx, log, "*"); err != nil {
 			t.Fatal(err)
-		}
-		for k := range keys.Keys() {
-			got[k[strings.LastIndexByte(k, '.')+1:]] = true
 		}
 		if maps.Equal(got, want) {
 			return

@@ -13,21 +13,24 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/chatd-io/chatd/internal/proto"
+	"github.com/chatd-io/chatd/internal/sessionlog"
 )
 
-// The registry records in the CHAT_SESSIONS bucket which users this edge
-// holds, and keeps a heartbeat key alive beside them. An edge that stops
-// without a word (kill -9, power loss, a cut network) stops beating; the
-// workers then delete its keys and tell the friends of its users, those
-// not logged in elsewhere, that they went offline. An edge that finds its
-// heartbeat deleted was given up for dead: it registers again and tells
-// its users' friends they are back.
+// The registry records which users this edge holds in the session log
+// (package sessionlog), and keeps a heartbeat key alive in the
+// CHAT_SESSIONS bucket. An edge that stops without a word (kill -9, power
+// loss, a cut network) stops beating; the workers then read its record
+// and tell the friends of its users, those not logged in elsewhere, that
+// they went offline. An edge that finds its heartbeat deleted was given
+// up for dead: it registers again and tells its users' friends they are
+// back.
 //
-// Writes are published by one goroutine, so that a user's put and delete
-// reach the stream in order, but without waiting for each ack: at a login
-// storm a write-then-wait loop was the bottleneck (one JetStream round
-// trip per login and per logout, in series). A second goroutine collects
-// the acks in order and answers the login that waits for its own.
+// One goroutine writes the changes, so that a user's login and logout
+// reach the log in order. On each delivery connection one write is in
+// flight at a time, and whatever queued meanwhile goes in the next: at a
+// login storm one stored message carries many logins, where a key per
+// user cost each login two JetStream writes and their acks. A second
+// goroutine collects the acks and answers the logins waiting for theirs.
 
 type regOp struct {
 	user string
@@ -35,28 +38,36 @@ type regOp struct {
 	done chan error // for a caller that waits; nil otherwise
 }
 
-// regAck is a published write waiting for its ack.
-type regAck struct {
-	op  regOp
-	fut jetstream.PubAckFuture
+// regBatch is a written message of changes waiting for its ack.
+type regBatch struct {
+	conn int
+	ops  []regOp
+	fut  jetstream.PubAckFuture
 }
 
-// pendingAcks bounds the writes in flight; past it publishing waits.
-const pendingAcks = 1024
+// Bounds on one message of changes.
+const (
+	maxBatchOps   = 1024
+	snapshotUsers = 1024 // users per message of a full record
+)
 
 type registry struct {
 	e       *Edge
 	ops     chan regOp
-	acks    chan regAck
+	acks    chan regBatch
+	idle    chan int      // a connection whose write was acked
 	stopped chan struct{} // closed when run returns
 	// failed counts writes that did not land or did not fit in the
 	// queue; synced is its value when the last full rewrite began. They
-	// differ while a key may be wrong.
+	// differ while the record may be wrong.
 	failed atomic.Uint64
 	synced uint64
+	// logged counts changes written since the last full rewrite: past
+	// a bound the next beat rewrites the record, which keeps it short.
+	logged int
 	kv     jetstream.KeyValue
-	pubs   []jetstream.JetStream // async writes, with their own ack bound; one per e.subs
-	pre    string                // subject prefix of the bucket's keys
+	log    jetstream.Stream
+	pubs   []jetstream.JetStream // one per e.subs
 	rev    uint64                // revision of our heartbeat key; 0 when not registered
 }
 
@@ -64,20 +75,14 @@ func newRegistry(e *Edge) (*registry, error) {
 	pubs := make([]jetstream.JetStream, len(e.subs))
 	for i, nc := range e.subs {
 		pub, err := newJetStream(nc, e.opts.JetStreamDomain,
-			jetstream.WithPublishAsyncMaxPending(pendingAcks),
 			jetstream.WithPublishAsyncTimeout(e.opts.RequestTimeout))
 		if err != nil {
 			return nil, fmt.Errorf("session registry: %w", err)
 		}
 		pubs[i] = pub
 	}
-	// The subject a KeyValue.Put uses for a bucket that is not a mirror.
-	pre := "$KV." + proto.SessionBucket + "."
-	if d := e.opts.JetStreamDomain; d != "" {
-		pre = "$JS." + d + ".API." + pre
-	}
-	return &registry{e: e, ops: make(chan regOp, 4096), acks: make(chan regAck, pendingAcks),
-		stopped: make(chan struct{}), pubs: pubs, pre: pre}, nil
+	return &registry{e: e, ops: make(chan regOp, 4096), acks: make(chan regBatch, len(e.subs)),
+		idle: make(chan int, len(e.subs)), stopped: make(chan struct{}), pubs: pubs}, nil
 }
 
 // record queues a change; if the queue is full the next beat rewrites
@@ -90,8 +95,8 @@ func (r *registry) record(user string, add bool) {
 	}
 }
 
-// put records user and waits until the bucket has it. It goes through
-// the queue so it lands after any earlier change for the same user.
+// put records user and waits until the log has it. It goes through the
+// queue so it lands after any earlier change for the same user.
 func (r *registry) put(ctx context.Context, user string) error {
 	op := regOp{user: user, add: true, done: make(chan error, 1)}
 	select {
@@ -106,7 +111,7 @@ func (r *registry) put(ctx context.Context, user string) error {
 	case err := <-op.done:
 		return err
 	case <-r.stopped:
-		return net.ErrClosed // shutting down: deregistering removes the key anyway
+		return net.ErrClosed // shutting down: deregistering removes the record anyway
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -117,19 +122,43 @@ func (r *registry) run() {
 	defer close(r.stopped)
 	acked := make(chan struct{})
 	go r.collect(acked)
-	defer func() { close(r.acks); <-acked }()
+	pending := make([][]regOp, len(r.e.subs))
+	busy := make([]bool, len(r.e.subs))
 	tick := time.NewTicker(r.e.opts.Heartbeat)
 	defer tick.Stop()
 	r.beat()
 	for {
 		select {
 		case op := <-r.ops:
-			r.publish(op)
+			i := r.e.deliveryConn(op.user)
+			pending[i] = append(pending[i], op)
+			for more := true; more; { // what else is queued goes along
+				select {
+				case op := <-r.ops:
+					i := r.e.deliveryConn(op.user)
+					pending[i] = append(pending[i], op)
+				default:
+					more = false
+				}
+			}
+		case i := <-r.idle:
+			busy[i] = false
 		case <-tick.C:
 			r.beat()
 		case <-r.e.closing:
+			// What is still queued is left: the record goes anyway, and
+			// a login waiting for its write sees the registry stopped.
+			close(r.acks)
+			<-acked // what is in flight lands before the record goes
 			r.deregister()
 			return
+		}
+		for i := range pending {
+			if !busy[i] && len(pending[i]) > 0 {
+				n := min(len(pending[i]), maxBatchOps)
+				busy[i] = r.write(i, pending[i][:n:n])
+				pending[i] = pending[i][n:]
+			}
 		}
 	}
 }
@@ -138,48 +167,67 @@ func (r *registry) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), r.e.opts.RequestTimeout)
 }
 
-// publish sends op's write and hands its ack to collect.
-func (r *registry) publish(op regOp) {
+// write publishes ops on delivery connection i, where the users'
+// subscriptions are, so that the ack also proves the server has them
+// (it takes a connection's commands in order). It reports whether the
+// write is in flight.
+func (r *registry) write(i int, ops []regOp) bool {
 	if r.rev == 0 {
-		r.finish(op, errors.New("not registered yet")) // the next beat writes every key
-		return
+		r.fail(ops, errors.New("not registered yet")) // the next beat writes the whole record
+		return false
 	}
-	m := nats.NewMsg(r.pre + proto.SessionKey(r.e.id, op.user))
-	if !op.add {
-		m.Header.Set("KV-Operation", "DEL") // what KeyValue.Delete sends
+	var body []byte
+	for _, op := range ops {
+		body = sessionlog.Append(body, op.user, op.add)
 	}
-	// On the connection of the user's subscription, so that the ack
-	// also proves the server has that.
-	fut, err := r.pubs[r.e.deliveryConn(op.user)].PublishMsgAsync(m)
+	fut, err := r.pubs[i].PublishMsgAsync(&nats.Msg{Subject: sessionlog.Subject(r.e.id, i), Data: body})
 	if err != nil {
-		r.finish(op, err)
-		return
+		r.fail(ops, err)
+		return false
 	}
-	r.acks <- regAck{op: op, fut: fut}
+	r.logged += len(ops)
+	r.acks <- regBatch{conn: i, ops: ops, fut: fut}
+	return true
 }
 
-// collect waits for the acks in the order the writes went out, which is
-// about the order they come back in.
+// collect waits for each write's ack, answers its ops, and tells run
+// the connection is free for the next.
 func (r *registry) collect(done chan<- struct{}) {
 	defer close(done)
-	for a := range r.acks {
+	for b := range r.acks {
+		var err error
 		select {
-		case <-a.fut.Ok():
-			r.finish(a.op, nil)
-		case err := <-a.fut.Err():
-			r.finish(a.op, err)
+		case <-b.fut.Ok():
+		case err = <-b.fut.Err():
 		}
+		if err != nil {
+			r.fail(b.ops, err)
+		} else {
+			for _, op := range b.ops {
+				if op.done != nil {
+					op.done <- nil
+				}
+			}
+		}
+		r.idle <- b.conn
 	}
 }
 
-func (r *registry) finish(op regOp, err error) {
-	if err != nil {
-		r.failed.Add(1)
+// fail answers ops that did not land.
+func (r *registry) fail(ops []regOp, err error) {
+	if len(ops) == 0 {
+		return
 	}
-	if op.done != nil {
-		op.done <- err
-	} else if err != nil {
-		r.e.log.Warn("session registry write failed", "user", op.user, "add", op.add, "err", err)
+	r.failed.Add(1)
+	waited := false
+	for _, op := range ops {
+		if op.done != nil {
+			op.done <- err // and the login waiting for it says so
+			waited = true
+		}
+	}
+	if !waited && r.rev != 0 {
+		r.e.log.Warn("session registry write failed", "changes", len(ops), "err", err)
 	}
 }
 
@@ -194,13 +242,19 @@ func (r *registry) beat() {
 			r.e.log.Warn("slow heartbeat", "took", d)
 		}
 	}()
-	if r.kv == nil {
+	if r.kv == nil || r.log == nil {
+		// The workers create the log before the bucket.
 		kv, err := r.e.js.KeyValue(ctx, proto.SessionBucket)
 		if err != nil {
 			r.e.log.Debug("session registry not available yet", "err", err)
 			return
 		}
-		r.kv = kv
+		log, err := r.e.js.Stream(ctx, sessionlog.Stream)
+		if err != nil {
+			r.e.log.Warn("session log not available", "err", err)
+			return
+		}
+		r.kv, r.log = kv, log
 	}
 	// The value is for people reading the bucket (nats kv get); the
 	// workers only look at revisions.
@@ -215,8 +269,8 @@ func (r *registry) beat() {
 		switch {
 		case err == nil:
 			r.rev = rev
-			if r.failed.Load() != r.synced {
-				r.sync(ctx)
+			if r.failed.Load() != r.synced || r.logged > 2*r.e.Sessions()+maxBatchOps {
+				r.rewrite(ctx)
 			}
 			return
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
@@ -233,33 +287,48 @@ func (r *registry) beat() {
 		return
 	}
 	r.rev = rev
-	r.sync(ctx)
+	r.rewrite(ctx)
 	if reaped {
 		r.rejoin(ctx)
 	}
 }
 
-// sync makes the bucket hold exactly one key per local user.
-func (r *registry) sync(ctx context.Context) {
+// rewrite writes the whole record: on each delivery connection every
+// local user on it, then a purge of what came before. Changes written
+// after it replay on top; those queued before it and written after
+// leave the same users in the end.
+func (r *registry) rewrite(ctx context.Context) {
 	failed := r.failed.Load()
-	want := map[string]bool{}
+	users := make([][]string, len(r.e.subs))
 	for _, user := range r.e.localUsers() {
-		want[proto.SessionKey(r.e.id, user)] = true
+		i := r.e.deliveryConn(user)
+		users[i] = append(users[i], user)
 	}
-	if keys, err := r.kv.ListKeysFiltered(ctx, proto.SessionKeyPrefix(r.e.id)+">"); err == nil {
-		for key := range keys.Keys() {
-			if !want[key] {
-				_ = r.kv.Delete(ctx, key)
+	for i, pub := range r.pubs {
+		subj := sessionlog.Subject(r.e.id, i)
+		var first uint64
+		for len(users[i]) > 0 || first == 0 {
+			n := min(len(users[i]), snapshotUsers)
+			var body []byte
+			for _, user := range users[i][:n] {
+				body = sessionlog.Append(body, user, true)
+			}
+			users[i] = users[i][n:]
+			ack, err := pub.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: body})
+			if err != nil {
+				r.e.log.Warn("session registry write failed", "err", err)
+				return
+			}
+			if first == 0 {
+				first = ack.Sequence
 			}
 		}
-	}
-	for key := range want {
-		if _, err := r.kv.Put(ctx, key, nil); err != nil {
-			r.e.log.Warn("session registry write failed", "err", err)
+		if err := r.log.Purge(ctx, jetstream.WithPurgeSubject(subj), jetstream.WithPurgeSequence(first)); err != nil {
+			r.e.log.Warn("session registry purge failed", "err", err)
 			return
 		}
 	}
-	r.synced = failed
+	r.synced, r.logged = failed, 0
 }
 
 // rejoin tells the friends of every local user that the user is online
@@ -271,19 +340,15 @@ func (r *registry) rejoin(ctx context.Context) {
 	}
 }
 
-// deregister removes this edge's keys on a clean shutdown. Sessions end
-// one by one first (friends are told then), so this only tidies up.
+// deregister removes this edge's record and heartbeat on a clean
+// shutdown. Sessions end one by one first (friends are told then), so
+// this only tidies up.
 func (r *registry) deregister() {
 	if r.kv == nil || r.rev == 0 {
 		return
 	}
 	ctx, cancel := r.ctx()
 	defer cancel()
-	keys, err := r.kv.ListKeysFiltered(ctx, proto.SessionKeyPrefix(r.e.id)+">")
-	if err == nil {
-		for key := range keys.Keys() {
-			_ = r.kv.Delete(ctx, key)
-		}
-	}
+	_ = sessionlog.Forget(ctx, r.log, r.e.id)
 	_ = r.kv.Delete(ctx, proto.EdgeKey(r.e.id), jetstream.LastRevision(r.rev))
 }

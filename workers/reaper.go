@@ -4,18 +4,25 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/chatd-io/chatd/internal/proto"
+	"github.com/chatd-io/chatd/internal/sessionlog"
 )
 
-// ensureSessionBucket creates the bucket where edges keep heartbeats and
-// the users they hold. File storage: after a broker restart the keys must
-// still be there, or every edge would look freshly dead.
+// ensureSessionBucket creates the session log, where edges record the
+// users they hold, and then the bucket where they keep heartbeats (an
+// edge that finds the bucket finds the log). File storage: after a broker
+// restart both must still be there, or every edge would look freshly
+// dead, and its users with it.
 func ensureSessionBucket(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	if _, err := js.CreateOrUpdateStream(ctx, sessionlog.Config(replicas)); err != nil {
+		return nil, fmt.Errorf("stream %s: %w", sessionlog.Stream, err)
+	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      proto.SessionBucket,
 		Description: "chatd edges' heartbeats and the users each one holds",
@@ -31,11 +38,12 @@ func ensureSessionBucket(ctx context.Context, js jetstream.JetStream, replicas i
 
 // reaper watches the edges' heartbeats. When an edge has not beaten for
 // EdgeDeadAfter, one worker (whoever deletes its heartbeat key first)
-// removes its session keys and tells the friends of each of its users who
-// is not logged in anywhere else that the user went offline.
+// reads and removes its record and tells the friends of each of its users
+// who is not logged in anywhere else that the user went offline.
 type reaper struct {
-	w  *Worker
-	kv jetstream.KeyValue
+	w   *Worker
+	kv  jetstream.KeyValue
+	log jetstream.Stream
 }
 
 type beat struct {
@@ -134,20 +142,17 @@ func (r *reaper) reap(ctx context.Context, edgeID string, rev uint64) {
 		return // it beat again, or another worker is on it
 	}
 	r.w.metrics.reaped.Inc()
-	keys, err := r.kv.ListKeysFiltered(ctx, proto.SessionKeyPrefix(edgeID)+">")
+	users, err := sessionlog.Read(ctx, r.log, edgeID)
 	if err != nil {
-		r.w.log.Warn("listing a dead edge's sessions failed", "edge", edgeID, "err", err)
+		r.w.log.Warn("reading a dead edge's sessions failed", "edge", edgeID, "err", err)
 		return
 	}
+	if err := sessionlog.Forget(ctx, r.log, edgeID); err != nil {
+		r.w.log.Warn("removing a dead edge's sessions failed", "edge", edgeID, "err", err)
+	}
+	r.legacyKeys(ctx, edgeID, users)
 	n := 0
-	for key := range keys.Keys() {
-		if err := r.kv.Delete(ctx, key); err != nil {
-			continue
-		}
-		user, err := proto.NameFromToken(strings.TrimPrefix(key, proto.SessionKeyPrefix(edgeID)))
-		if err != nil {
-			continue
-		}
+	for user := range users {
 		if edge, err := r.w.holder(ctx, user); err != nil || edge != "" {
 			continue // logged in elsewhere: nothing changed for the friends
 		}
@@ -157,4 +162,23 @@ func (r *reaper) reap(ctx context.Context, edgeID string, rev uint64) {
 		n++
 	}
 	r.w.log.Warn("edge stopped beating; its sessions are over", "edge", edgeID, "name", name, "users_offline", n)
+}
+
+// legacyKeys adds to users, and deletes, the keys an edge of an earlier
+// release wrote in the bucket, one per user it held, so that such an edge
+// is still given up properly while a deployment is being upgraded.
+func (r *reaper) legacyKeys(ctx context.Context, edgeID string, users map[string]bool) {
+	keys, err := r.kv.ListKeysFiltered(ctx, proto.SessionKeyPrefix(edgeID)+">")
+	if err != nil {
+		r.w.log.Warn("listing a dead edge's session keys failed", "edge", edgeID, "err", err)
+		return
+	}
+	for key := range keys.Keys() {
+		if err := r.kv.Delete(ctx, key); err != nil {
+			continue
+		}
+		if user, err := proto.NameFromToken(strings.TrimPrefix(key, proto.SessionKeyPrefix(edgeID))); err == nil {
+			users[user] = true
+		}
+	}
 }

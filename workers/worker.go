@@ -24,6 +24,7 @@ import (
 	"github.com/chatd-io/chatd/internal/metrics"
 	"github.com/chatd-io/chatd/internal/passwd"
 	"github.com/chatd-io/chatd/internal/proto"
+	"github.com/chatd-io/chatd/internal/sessionlog"
 	"github.com/chatd-io/chatd/storage"
 )
 
@@ -222,6 +223,10 @@ func (w *Worker) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("workers: %w", err)
 	}
+	sessionLog, err := js.Stream(ctx, sessionlog.Stream)
+	if err != nil {
+		return fmt.Errorf("workers: %w", err)
+	}
 	w.inbox = &inbox{js: js, stream: ibs}
 	w.applier = newApplier(w.store, evs, w.log)
 	w.applier.delay = w.opts.ApplyDelay
@@ -255,7 +260,7 @@ func (w *Worker) start(ctx context.Context) error {
 		return fmt.Errorf("workers: flush: %w", err)
 	}
 	w.wg.Add(1)
-	go (&reaper{w: w, kv: sessions}).run(bg)
+	go (&reaper{w: w, kv: sessions, log: sessionLog}).run(bg)
 	w.ready.Store(true)
 	return nil
 }

@@ -69,7 +69,9 @@ const (
 )
 
 // SessionBucket is the key-value bucket where each edge keeps a heartbeat
-// (EdgeKey) and one key per user it holds (SessionKey).
+// (EdgeKey). The users an edge holds are in the session log (package
+// sessionlog); edges of earlier releases kept a key per user here
+// (SessionKey), which workers still read when they give such an edge up.
 const SessionBucket = "CHAT_SESSIONS"
 
 // EdgeKey is an edge's heartbeat key.
@@ -78,7 +80,8 @@ func EdgeKey(edgeID string) string { return "e." + edgeID }
 // SessionKeyPrefix starts every session key of an edge.
 func SessionKeyPrefix(edgeID string) string { return "s." + edgeID + "." }
 
-// SessionKey records that an edge holds sessions of user.
+// SessionKey recorded, before the session log, that an edge held
+// sessions of user.
 func SessionKey(edgeID, user string) string { return SessionKeyPrefix(edgeID) + Token(user) }
 
 // Internal endpoints, under InternalPrefix.
