@@ -173,7 +173,9 @@ func (r *registry) ctx() (context.Context, context.CancelFunc) {
 // write is in flight.
 func (r *registry) write(i int, ops []regOp) bool {
 	if r.rev == 0 {
-		r.fail(ops, errors.New("not registered yet")) // the next beat writes the whole record
+		// The beat that registers writes the whole record.
+		r.failed.Add(1)
+		answer(ops, errors.New("not registered yet"))
 		return false
 	}
 	var body []byte
@@ -203,32 +205,30 @@ func (r *registry) collect(done chan<- struct{}) {
 		if err != nil {
 			r.fail(b.ops, err)
 		} else {
-			for _, op := range b.ops {
-				if op.done != nil {
-					op.done <- nil
-				}
-			}
+			answer(b.ops, nil)
 		}
 		r.idle <- b.conn
 	}
 }
 
-// fail answers ops that did not land.
+// fail answers ops that did not land; the next beat rewrites the record.
 func (r *registry) fail(ops []regOp, err error) {
-	if len(ops) == 0 {
-		return
-	}
 	r.failed.Add(1)
-	waited := false
+	if !answer(ops, err) { // a login waiting for its write says so itself
+		r.e.log.Warn("session registry write failed", "changes", len(ops), "err", err)
+	}
+}
+
+// answer tells the callers waiting for ops how their write went, and
+// reports whether there were any.
+func answer(ops []regOp, err error) (waited bool) {
 	for _, op := range ops {
 		if op.done != nil {
-			op.done <- err // and the login waiting for it says so
+			op.done <- err
 			waited = true
 		}
 	}
-	if !waited && r.rev != 0 {
-		r.e.log.Warn("session registry write failed", "changes", len(ops), "err", err)
-	}
+	return waited
 }
 
 // beat refreshes the heartbeat, and registers from scratch when there is
