@@ -498,6 +498,45 @@ func TestTopologyEdgeLinkDropsBriefly(t *testing.T) {
 	}
 }
 
+// The same, but when the link comes back no worker is there to hand the
+// stored message out: the edge keeps trying, and once a worker is back
+// the user gets it, still without logging in again.
+func TestTopologyEdgeLinkBackBeforeAnyWorker(t *testing.T) {
+	b := startBroker(t)
+	url := b.ready["nats"]
+	link := newProxy(t, strings.TrimPrefix(url, "nats://"))
+	w := startWorker(t, url, "w1", "--edge-dead-after", "1m")
+	near := startEdge(t, url, "near")
+	far := startEdge(t, "nats://"+link.ln.Addr().String(), "far", "--request-timeout", "1s")
+	alice := client(t, near, "alice", true)
+	bob := client(t, far, "bob", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	bob.Want("add_friend_reply")
+
+	link.setCut(true)
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "while you were away"}, "offline")
+	if err := w.stop(syscall.SIGTERM); err != nil {
+		t.Fatalf("worker: %v", err)
+	}
+	link.setCut(false)
+	const retrying = "stored messages not fetched yet; trying again"
+	deadline := time.Now().Add(chattest.Timeout)
+	for !strings.Contains(far.log(), retrying) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the far edge never said %q:\n%s", retrying, far.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	startWorker(t, url, "w2", "--edge-dead-after", "1m")
+	if m := bob.Want("private_chat"); m.Str("text") != "while you were away" || m.Str("user_from") != "alice" {
+		t.Fatalf("bob got %s", m.Raw)
+	}
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "back"}, "success")
+	if m := bob.Want("private_chat"); m.Str("text") != "back" {
+		t.Fatalf("bob got %s after the stored message", m.Raw)
+	}
+}
+
 // Two regions: a hub with the workers, a leaf region with only an edge.
 // Users in the two regions chat and see each other's presence; a cut
 // between the regions is survived.
