@@ -699,18 +699,28 @@ func (e *Edge) watchReconnects() {
 	}
 }
 
-// refetch fetches the stored messages of every local user on delivery
+// refetch fetches the stored messages of the local users on delivery
 // connection i, one user at a time: after a broker restart every edge
-// does this at once. Each fetch waits for the connection's
-// subscriptions to be back (requestVia), so a message stored after it
-// looked is nudged as usual. It stops at the first fetch that fails and
-// reports whether all went through; those done are empty the next time.
+// does this at once, so it first asks the stream which users have any
+// (withStored). Each fetch waits for the connection's subscriptions to be
+// back (requestVia), and so does that question, so a message stored after
+// it looked is nudged as usual. It stops at the first fetch that fails
+// and reports whether all went through; those done are empty the next
+// time.
 func (e *Edge) refetch(i int) bool {
-	n := 0
+	var users []string
 	for _, user := range e.localUsers() {
-		if e.deliveryConn(user) != i {
-			continue
+		if e.deliveryConn(user) == i {
+			users = append(users, user)
 		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
+	if err := e.awaitDeliveries(ctx); err == nil {
+		users = e.withStored(ctx, users)
+	}
+	cancel()
+	n := 0
+	for _, user := range users {
 		select {
 		case <-e.closing:
 			return true
@@ -727,6 +737,43 @@ func (e *Edge) refetch(i int) bool {
 	}
 	e.log.Info("delivery connection back: stored messages fetched", "connection", i+1, "users", n)
 	return true
+}
+
+// Bounds for withStored: below storedLookupMin users a fetch each is
+// cheap enough; when many more users have messages stored than are asked
+// about, listing them costs more than the fetches.
+const (
+	storedLookupMin    = 16
+	storedLookupFactor = 4
+)
+
+// withStored returns those of users who have messages stored, as the
+// inbox stream tells, or users when it cannot tell or asking would cost
+// more than fetching for each.
+func (e *Edge) withStored(ctx context.Context, users []string) []string {
+	if len(users) < storedLookupMin {
+		return users
+	}
+	s, err := e.js.Stream(ctx, proto.InboxStream)
+	if err != nil {
+		e.log.Debug("inbox stream not readable; fetching for every user", "err", err)
+		return users
+	}
+	if n := s.CachedInfo().State.NumSubjects; n > uint64(storedLookupFactor*len(users)) {
+		return users
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(proto.InboxPrefix+">"))
+	if err != nil {
+		e.log.Debug("inbox stream not readable; fetching for every user", "err", err)
+		return users
+	}
+	var out []string
+	for _, user := range users {
+		if info.State.Subjects[proto.InboxSubject(user)] > 0 {
+			out = append(out, user)
+		}
+	}
+	return out
 }
 
 // held asks whether any edge holds a session of user. An edge that is

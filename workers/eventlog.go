@@ -20,8 +20,8 @@ import (
 const (
 	EventStream  = "CHAT_EVENTS"
 	eventPrefix  = "chat.ev."
-	InboxStream  = "CHAT_INBOX"
-	inboxPrefix  = "chat.inbox."
+	InboxStream  = proto.InboxStream
+	inboxPrefix  = proto.InboxPrefix
 	maxInboxSize = 10000 // messages kept per offline user; the oldest go first
 )
 
@@ -44,7 +44,7 @@ func friendEvSubject(a, b string) string {
 	return eventPrefix + "friend." + proto.Token(a) + "." + proto.Token(b)
 }
 
-func inboxSubject(user string) string { return inboxPrefix + proto.Token(user) }
+func inboxSubject(user string) string { return proto.InboxSubject(user) }
 
 // errConflict means the entity already exists in the log.
 var errConflict = errors.New("entity already exists")

@@ -67,6 +67,12 @@ func client(t *testing.T, e *proc, user string, register bool) *chattest.Client 
 // `nats micro stats chat-worker` does, and returns requests per instance.
 func workerRequests(t *testing.T, url string) map[string]int {
 	t.Helper()
+	return endpointRequests(t, url, "")
+}
+
+// endpointRequests is workerRequests for one endpoint ("": all of them).
+func endpointRequests(t *testing.T, url, endpoint string) map[string]int {
+	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
@@ -89,14 +95,17 @@ func workerRequests(t *testing.T, url string) map[string]int {
 		var st struct {
 			Metadata  map[string]string `json:"metadata"`
 			Endpoints []struct {
-				Requests int `json:"num_requests"`
+				Name     string `json:"name"`
+				Requests int    `json:"num_requests"`
 			} `json:"endpoints"`
 		}
 		if err := json.Unmarshal(m.Data, &st); err != nil {
 			t.Fatalf("stats reply %s: %v", m.Data, err)
 		}
 		for _, ep := range st.Endpoints {
-			out[st.Metadata["instance"]] += ep.Requests
+			if endpoint == "" || ep.Name == endpoint {
+				out[st.Metadata["instance"]] += ep.Requests
+			}
 		}
 	}
 }
@@ -495,6 +504,47 @@ func TestTopologyEdgeLinkDropsBriefly(t *testing.T) {
 	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "back"}, "success")
 	if m := bob.Want("private_chat"); m.Str("text") != "back" {
 		t.Fatalf("bob got %s after the stored message", m.Raw)
+	}
+}
+
+// An edge back after a break fetches only for the users the inbox holds
+// messages for: with many users and few messages stored, one look at the
+// stream instead of a request to the workers for each.
+func TestTopologyEdgeLinkBackFetchesOnlyWhatIsStored(t *testing.T) {
+	b := startBroker(t)
+	url := b.ready["nats"]
+	link := newProxy(t, strings.TrimPrefix(url, "nats://"))
+	startWorker(t, url, "w", "--edge-dead-after", "1m")
+	near := startEdge(t, url, "near")
+	far := startEdge(t, "nats://"+link.ln.Addr().String(), "far")
+	alice := client(t, near, "alice", true)
+	const n = 40
+	var bob *chattest.Client
+	for i := range n {
+		cl := client(t, far, fmt.Sprint("u", i), true)
+		if i == 7 {
+			bob = cl
+		}
+	}
+	alice.Expect(M{"cmd": "add", "friend": "u7"}, "success")
+	bob.Want("add_friend_reply")
+
+	link.setCut(true)
+	alice.Expect(M{"cmd": "private_chat", "user_to": "u7", "text": "while you were away"}, "offline")
+	before := endpointRequests(t, url, "inbox")["w"]
+	link.setCut(false)
+	if m := bob.Want("private_chat"); m.Str("text") != "while you were away" {
+		t.Fatalf("u7 got %s", m.Raw)
+	}
+	deadline := time.Now().Add(chattest.Timeout)
+	for !strings.Contains(far.log(), "stored messages fetched") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the far edge did not finish fetching:\n%s", far.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := endpointRequests(t, url, "inbox")["w"] - before; got > 2 {
+		t.Fatalf("%d fetches of stored messages for %d users, one of whom had any", got, n)
 	}
 }
 

@@ -84,6 +84,17 @@ func SessionKeyPrefix(edgeID string) string { return "s." + edgeID + "." }
 // sessions of user.
 func SessionKey(edgeID, user string) string { return SessionKeyPrefix(edgeID) + Token(user) }
 
+// The stream of messages kept for offline users: InboxPrefix +
+// Token(user) holds one user's. Workers write and read it; an edge back on
+// NATS after a break looks only at which subjects hold anything.
+const (
+	InboxStream = "CHAT_INBOX"
+	InboxPrefix = "chat.inbox."
+)
+
+// InboxSubject is where messages kept for user are.
+func InboxSubject(user string) string { return subject(InboxPrefix, user) }
+
 // Internal endpoints, under InternalPrefix.
 const (
 	// IntPresence tells a user's friends that the user came or went.
