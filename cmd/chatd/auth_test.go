@@ -149,7 +149,7 @@ func TestTopologyWithPermissions(t *testing.T) {
 		if _, err := nc.Request(subj, []byte("{}"), 300*time.Millisecond); !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, nats.ErrNoResponders) {
 			t.Errorf("request on %s: %v", subj, err)
 		}
-		if !refusedEdge(br.log(), "Publish", subj) {
+		if !refusedEdge(br, "Publish", subj) {
 			t.Errorf("publishing on %s with an edge's credentials was not refused", subj)
 		}
 	}
@@ -157,7 +157,7 @@ func TestTopologyWithPermissions(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = nc.Flush()
-	if !refusedEdge(br.log(), "Subscription", "chat.cmd.>") {
+	if !refusedEdge(br, "Subscription", "chat.cmd.>") {
 		t.Error("an edge's credentials could listen to the workers' commands")
 	}
 	js, err := jetstream.New(nc)
@@ -190,13 +190,17 @@ func TestTopologyWithPermissions(t *testing.T) {
 	}
 }
 
-// refusedEdge reports whether the broker's log has a violation of kind
-// (Publish, Subscription) on subject by the edge user.
-func refusedEdge(log, kind, subject string) bool {
-	for line := range strings.Lines(log) {
-		if strings.Contains(line, "user:edge") && strings.Contains(line, kind+" Violation") &&
-			strings.Contains(line, `Subject \"`+subject+`\"`) {
-			return true
+// refusedEdge reports whether the broker logs a violation of kind
+// (Publish, Subscription) on subject by the edge user, waiting a while
+// for the line: the log reaches the test through a pipe, after the
+// broker has answered.
+func refusedEdge(br *proc, kind, subject string) bool {
+	for deadline := time.Now().Add(chattest.Timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for line := range strings.Lines(br.log()) {
+			if strings.Contains(line, "user:edge") && strings.Contains(line, kind+" Violation") &&
+				strings.Contains(line, `Subject \"`+subject+`\"`) {
+				return true
+			}
 		}
 	}
 	return false
