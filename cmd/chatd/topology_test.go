@@ -476,27 +476,42 @@ func TestTopologyHalfOpenWorker(t *testing.T) {
 	t.Logf("every request served again %s after the link went silent", time.Since(silent).Round(100*time.Millisecond))
 }
 
+// brokenLink is a broker with a worker given up on edges only after a
+// minute (an edge's own rejoin must not be what hands a message out), an
+// edge "near" on the broker and an edge "far" behind a proxy the test can
+// cut.
+type brokenLink struct {
+	url       string
+	link      *tcpProxy
+	worker    *proc
+	near, far *proc
+}
+
+func startBrokenLink(t *testing.T, farArgs ...string) brokenLink {
+	t.Helper()
+	b := startBroker(t)
+	l := brokenLink{url: b.ready["nats"]}
+	l.link = newProxy(t, strings.TrimPrefix(l.url, "nats://"))
+	l.worker = startWorker(t, l.url, "w", "--edge-dead-after", "1m")
+	l.near = startEdge(t, l.url, "near")
+	l.far = startEdge(t, "nats://"+l.link.ln.Addr().String(), "far", farArgs...)
+	return l
+}
+
 // An edge whose NATS link drops for a moment, too short for the workers
 // to give it up, hands its users what was stored for them while it was
 // away, without their logging in again: the nudge that would have told
 // them went out while the edge had no subscription.
 func TestTopologyEdgeLinkDropsBriefly(t *testing.T) {
-	b := startBroker(t)
-	url := b.ready["nats"]
-	link := newProxy(t, strings.TrimPrefix(url, "nats://"))
-	// Given up only after a minute: the edge's own rejoin must not be what
-	// hands the message out.
-	startWorker(t, url, "w", "--edge-dead-after", "1m")
-	near := startEdge(t, url, "near")
-	far := startEdge(t, "nats://"+link.ln.Addr().String(), "far")
-	alice := client(t, near, "alice", true)
-	bob := client(t, far, "bob", true)
+	l := startBrokenLink(t)
+	alice := client(t, l.near, "alice", true)
+	bob := client(t, l.far, "bob", true)
 	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
 	bob.Want("add_friend_reply")
 
-	link.setCut(true)
+	l.link.setCut(true)
 	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "while you were away"}, "offline")
-	link.setCut(false)
+	l.link.setCut(false)
 	if m := bob.Want("private_chat"); m.Str("text") != "while you were away" || m.Str("user_from") != "alice" {
 		t.Fatalf("bob got %s", m.Raw)
 	}
@@ -511,17 +526,12 @@ func TestTopologyEdgeLinkDropsBriefly(t *testing.T) {
 // messages for: with many users and few messages stored, one look at the
 // stream instead of a request to the workers for each.
 func TestTopologyEdgeLinkBackFetchesOnlyWhatIsStored(t *testing.T) {
-	b := startBroker(t)
-	url := b.ready["nats"]
-	link := newProxy(t, strings.TrimPrefix(url, "nats://"))
-	startWorker(t, url, "w", "--edge-dead-after", "1m")
-	near := startEdge(t, url, "near")
-	far := startEdge(t, "nats://"+link.ln.Addr().String(), "far")
-	alice := client(t, near, "alice", true)
+	l := startBrokenLink(t)
+	alice := client(t, l.near, "alice", true)
 	const n = 40
 	var bob *chattest.Client
 	for i := range n {
-		cl := client(t, far, fmt.Sprint("u", i), true)
+		cl := client(t, l.far, fmt.Sprint("u", i), true)
 		if i == 7 {
 			bob = cl
 		}
@@ -529,21 +539,21 @@ func TestTopologyEdgeLinkBackFetchesOnlyWhatIsStored(t *testing.T) {
 	alice.Expect(M{"cmd": "add", "friend": "u7"}, "success")
 	bob.Want("add_friend_reply")
 
-	link.setCut(true)
+	l.link.setCut(true)
 	alice.Expect(M{"cmd": "private_chat", "user_to": "u7", "text": "while you were away"}, "offline")
-	before := endpointRequests(t, url, "inbox")["w"]
-	link.setCut(false)
+	before := endpointRequests(t, l.url, "inbox")["w"]
+	l.link.setCut(false)
 	if m := bob.Want("private_chat"); m.Str("text") != "while you were away" {
 		t.Fatalf("u7 got %s", m.Raw)
 	}
 	deadline := time.Now().Add(chattest.Timeout)
-	for !strings.Contains(far.log(), "stored messages fetched") {
+	for !strings.Contains(l.far.log(), "stored messages fetched") {
 		if time.Now().After(deadline) {
-			t.Fatalf("the far edge did not finish fetching:\n%s", far.log())
+			t.Fatalf("the far edge did not finish fetching:\n%s", l.far.log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if got := endpointRequests(t, url, "inbox")["w"] - before; got > 2 {
+	if got := endpointRequests(t, l.url, "inbox")["w"] - before; got > 2 {
 		t.Fatalf("%d fetches of stored messages for %d users, one of whom had any", got, n)
 	}
 }
@@ -552,32 +562,27 @@ func TestTopologyEdgeLinkBackFetchesOnlyWhatIsStored(t *testing.T) {
 // stored message out: the edge keeps trying, and once a worker is back
 // the user gets it, still without logging in again.
 func TestTopologyEdgeLinkBackBeforeAnyWorker(t *testing.T) {
-	b := startBroker(t)
-	url := b.ready["nats"]
-	link := newProxy(t, strings.TrimPrefix(url, "nats://"))
-	w := startWorker(t, url, "w1", "--edge-dead-after", "1m")
-	near := startEdge(t, url, "near")
-	far := startEdge(t, "nats://"+link.ln.Addr().String(), "far", "--request-timeout", "1s")
-	alice := client(t, near, "alice", true)
-	bob := client(t, far, "bob", true)
+	l := startBrokenLink(t, "--request-timeout", "1s")
+	alice := client(t, l.near, "alice", true)
+	bob := client(t, l.far, "bob", true)
 	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
 	bob.Want("add_friend_reply")
 
-	link.setCut(true)
+	l.link.setCut(true)
 	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "while you were away"}, "offline")
-	if err := w.stop(syscall.SIGTERM); err != nil {
+	if err := l.worker.stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("worker: %v", err)
 	}
-	link.setCut(false)
+	l.link.setCut(false)
 	const retrying = "stored messages not fetched yet; trying again"
 	deadline := time.Now().Add(chattest.Timeout)
-	for !strings.Contains(far.log(), retrying) {
+	for !strings.Contains(l.far.log(), retrying) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the far edge never said %q:\n%s", retrying, far.log())
+			t.Fatalf("the far edge never said %q:\n%s", retrying, l.far.log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	startWorker(t, url, "w2", "--edge-dead-after", "1m")
+	startWorker(t, l.url, "w2", "--edge-dead-after", "1m")
 	if m := bob.Want("private_chat"); m.Str("text") != "while you were away" || m.Str("user_from") != "alice" {
 		t.Fatalf("bob got %s", m.Raw)
 	}
