@@ -498,19 +498,26 @@ func startBrokenLink(t *testing.T, farArgs ...string) brokenLink {
 	return l
 }
 
+// storeWhileCut logs in friends alice on near and bob on far, cuts far's
+// link and has alice send bob a message, which is kept for him.
+func (l brokenLink) storeWhileCut(t *testing.T) (alice, bob *chattest.Client) {
+	t.Helper()
+	alice = client(t, l.near, "alice", true)
+	bob = client(t, l.far, "bob", true)
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	bob.Want("add_friend_reply")
+	l.link.setCut(true)
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "while you were away"}, "offline")
+	return alice, bob
+}
+
 // An edge whose NATS link drops for a moment, too short for the workers
 // to give it up, hands its users what was stored for them while it was
 // away, without their logging in again: the nudge that would have told
 // them went out while the edge had no subscription.
 func TestTopologyEdgeLinkDropsBriefly(t *testing.T) {
 	l := startBrokenLink(t)
-	alice := client(t, l.near, "alice", true)
-	bob := client(t, l.far, "bob", true)
-	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
-	bob.Want("add_friend_reply")
-
-	l.link.setCut(true)
-	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "while you were away"}, "offline")
+	alice, bob := l.storeWhileCut(t)
 	l.link.setCut(false)
 	if m := bob.Want("private_chat"); m.Str("text") != "while you were away" || m.Str("user_from") != "alice" {
 		t.Fatalf("bob got %s", m.Raw)
@@ -563,13 +570,7 @@ func TestTopologyEdgeLinkBackFetchesOnlyWhatIsStored(t *testing.T) {
 // the user gets it, still without logging in again.
 func TestTopologyEdgeLinkBackBeforeAnyWorker(t *testing.T) {
 	l := startBrokenLink(t, "--request-timeout", "1s")
-	alice := client(t, l.near, "alice", true)
-	bob := client(t, l.far, "bob", true)
-	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
-	bob.Want("add_friend_reply")
-
-	l.link.setCut(true)
-	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "while you were away"}, "offline")
+	alice, bob := l.storeWhileCut(t)
 	if err := l.worker.stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("worker: %v", err)
 	}
