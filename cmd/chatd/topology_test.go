@@ -511,6 +511,19 @@ func (l brokenLink) storeWhileCut(t *testing.T) (alice, bob *chattest.Client) {
 	return alice, bob
 }
 
+// handedOutOnce checks that bob got the message storeWhileCut kept, and
+// that one sent now arrives as usual, and alone.
+func handedOutOnce(t *testing.T, alice, bob *chattest.Client) {
+	t.Helper()
+	if m := bob.Want("private_chat"); m.Str("text") != "while you were away" || m.Str("user_from") != "alice" {
+		t.Fatalf("bob got %s", m.Raw)
+	}
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "back"}, "success")
+	if m := bob.Want("private_chat"); m.Str("text") != "back" {
+		t.Fatalf("bob got %s after the stored message", m.Raw)
+	}
+}
+
 // An edge whose NATS link drops for a moment, too short for the workers
 // to give it up, hands its users what was stored for them while it was
 // away, without their logging in again: the nudge that would have told
@@ -519,14 +532,7 @@ func TestTopologyEdgeLinkDropsBriefly(t *testing.T) {
 	l := startBrokenLink(t)
 	alice, bob := l.storeWhileCut(t)
 	l.link.setCut(false)
-	if m := bob.Want("private_chat"); m.Str("text") != "while you were away" || m.Str("user_from") != "alice" {
-		t.Fatalf("bob got %s", m.Raw)
-	}
-	// Handed out once: a message from now on arrives as usual, and alone.
-	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "back"}, "success")
-	if m := bob.Want("private_chat"); m.Str("text") != "back" {
-		t.Fatalf("bob got %s after the stored message", m.Raw)
-	}
+	handedOutOnce(t, alice, bob)
 }
 
 // An edge back after a break fetches only for the users the inbox holds
@@ -584,13 +590,7 @@ func TestTopologyEdgeLinkBackBeforeAnyWorker(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	startWorker(t, l.url, "w2", "--edge-dead-after", "1m")
-	if m := bob.Want("private_chat"); m.Str("text") != "while you were away" || m.Str("user_from") != "alice" {
-		t.Fatalf("bob got %s", m.Raw)
-	}
-	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "back"}, "success")
-	if m := bob.Want("private_chat"); m.Str("text") != "back" {
-		t.Fatalf("bob got %s after the stored message", m.Raw)
-	}
+	handedOutOnce(t, alice, bob)
 }
 
 // Two regions: a hub with the workers, a leaf region with only an edge.
