@@ -43,6 +43,7 @@ type conn struct {
 	kick     chan struct{} // wakes a waiting writer
 	closed   bool
 	idleWait chan struct{} // closed when the writer next finds nothing to do
+	recent   *recentIDs    // private messages written lately; nil until the first
 
 	closeOnce sync.Once
 	done      chan struct{} // closed when the socket is closed
@@ -84,6 +85,54 @@ func newConn(e *Edge, sock net.Conn) *conn {
 	}
 	c.attemptFn = c.attempt
 	return c
+}
+
+// msgID is a private message's msg_id as workers make them (a NUID).
+type msgID [22]byte
+
+// recentIDs are the last private messages written to a session. A copy
+// of one that comes again (kept and handed out a second time after a
+// confirmation was lost, or not removed from the inbox after it was
+// written) is then not written twice to the same session; another
+// session of the user may still get it once more.
+type recentIDs struct {
+	ids  [8]msgID
+	next int
+}
+
+// privateMsgID finds the msg_id workers put last in a private message.
+// The key cannot occur inside a string value: its quotes would be
+// escaped there.
+func privateMsgID(line []byte) (id msgID, ok bool) {
+	const key = `"msg_id":"`
+	i := bytes.LastIndex(line, []byte(key))
+	if i < 0 {
+		return id, false
+	}
+	rest := line[i+len(key):]
+	if len(rest) <= len(id) || rest[len(id)] != '"' {
+		return id, false
+	}
+	copy(id[:], rest)
+	return id, true
+}
+
+// firstTime records that the private message id is written to c and
+// reports whether it was not already.
+func (c *conn) firstTime(id msgID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.recent == nil {
+		c.recent = new(recentIDs)
+	}
+	for _, r := range c.recent.ids {
+		if r == id {
+			return false
+		}
+	}
+	c.recent.ids[c.recent.next] = id
+	c.recent.next = (c.recent.next + 1) % len(c.recent.ids)
+	return true
 }
 
 // writerIdle is how long a writer waits for more lines before it ends:

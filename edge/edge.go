@@ -932,6 +932,10 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 	}
 	var line []byte // shared by the sessions' queues
 	target, handedOff := proto.HandoffTarget(m.Reply)
+	id, once := msgID{}, false
+	if handedOff {
+		id, once = privateMsgID(m.Data)
+	}
 	e.mu.Lock()
 	u := e.subjects[m.Subject]
 	n, name := 0, ""
@@ -940,6 +944,9 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 		n, name = len(u.sessions), u.name
 		for c := range u.sessions {
 			c.observe(seq)
+			if once && !c.firstTime(id) {
+				continue // a copy of one it has: delivered all the same
+			}
 			if handedOff && n == 1 && len(e.deliveries) < directBacklog {
 				only = c
 				break
@@ -1026,8 +1033,11 @@ func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, an
 				}
 				continue
 			}
+			id, once := privateMsgID(line)
 			for _, c := range sessions {
-				c.send(line)
+				if !once || c.firstTime(id) {
+					c.send(line)
+				}
 			}
 		}
 		seqs := reply.Header.Get(proto.HdrInboxSeqs)

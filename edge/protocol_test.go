@@ -15,10 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/chatd-io/chatd/edge"
 	"github.com/chatd-io/chatd/internal/chattest"
+	"github.com/chatd-io/chatd/internal/proto"
 	"github.com/chatd-io/chatd/internal/sessionlog"
 	"github.com/chatd-io/chatd/workers"
 )
@@ -716,5 +718,61 @@ func TestStoredMessagesFailureStaysInside(t *testing.T) {
 	bob.Sync()
 	if p := bob.Pending(); len(p) != 0 {
 		t.Fatalf("after login: %v", p)
+	}
+}
+
+// A private message that comes to a session a second time, as a copy
+// kept in the inbox after the first was written (a confirmation lost on
+// its way, say), is not written to it again, and the copy is removed.
+func TestPrivateMessageCopyNotWrittenTwice(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge().Addr().String()
+	cls := users(t, addr, "alice", "bob")
+	alice, bob := cls[0], cls[1]
+	befriend(t, alice, bob, "bob")
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "once"}, "success")
+	first := bob.Want("private_chat")
+	if first.Str("msg_id") == "" {
+		t.Fatalf("no msg_id in %s", first.Raw)
+	}
+
+	// What a worker does with a message it must keep: store it, nudge.
+	nc := c.Conn("worker-like")
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), chattest.Timeout)
+	defer cancel()
+	if _, err := js.Publish(ctx, proto.InboxSubject("bob"), []byte(first.Raw)); err != nil {
+		t.Fatal(err)
+	}
+	nudge := nats.NewMsg(proto.UserSubject("bob"))
+	nudge.Header.Set(proto.HdrKind, proto.KindInbox)
+	if err := nc.PublishMsg(nudge); err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := js.Stream(ctx, proto.InboxStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for { // handed out and removed
+		info, err := inbox.Info(ctx, jetstream.WithSubjectFilter(proto.InboxSubject("bob")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	bob.Sync()
+	for _, m := range bob.Pending() {
+		t.Fatalf("bob got %s again", m.Raw)
+	}
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "twice"}, "success")
+	if m := bob.Want("private_chat"); m.Str("text") != "twice" {
+		t.Fatalf("bob got %s, want the next message", m.Raw)
 	}
 }
