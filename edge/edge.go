@@ -1109,8 +1109,9 @@ func splitLines(b []byte) [][]byte {
 }
 
 // asLine returns a delivery as a line for the client. A payload that ends
-// in a newline (a group message, which workers publish once per member)
-// is one already: the client library gave each message its own copy.
+// in a newline (a group message or a presence notice, which workers
+// publish once per recipient) is one already: the client library gave
+// each message its own copy.
 func asLine(data []byte) []byte {
 	if bytes.HasSuffix(data, []byte("\n")) {
 		return data

@@ -412,9 +412,11 @@ func (w *Worker) announce(ctx context.Context, user string, online bool) error {
 	if err != nil {
 		return err
 	}
-	msg := obj("cmd", "friend_offline", "friend", user)
+	// With its newline, as a group message: each friend's edge writes
+	// the copy it gets as it is.
+	msg := append(obj("cmd", "friend_offline", "friend", user), '\n')
 	if online {
-		msg = obj("cmd", "friend_login", "friend", user)
+		msg = append(obj("cmd", "friend_login", "friend", user), '\n')
 	}
 	for _, f := range friends {
 		w.notify(f, 0, msg)
