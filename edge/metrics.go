@@ -48,8 +48,14 @@ func newEdgeMetrics(reg *metrics.Registry, e *Edge) *edgeMetrics {
 		return float64(len(e.transfers))
 	})
 	reg.NewCounterFunc("chatd_edge_registry_write_failures_total",
-		"Session-registry writes that failed or found the queue full; the next heartbeat rewrites this edge's keys.",
+		"Session-log writes that failed or found the queue full; the next heartbeat rewrites this edge's list.",
 		func() float64 { return float64(e.registry.failed.Load()) })
+	reg.NewCounterFunc("chatd_edge_registry_writes_total",
+		"Messages written to the session log for logins and logouts (full rewrites aside).",
+		func() float64 { return float64(e.registry.writes.Load()) })
+	reg.NewCounterFunc("chatd_edge_registry_changes_total",
+		"Logins and logouts written to the session log; over chatd_edge_registry_writes_total, how many share a write.",
+		func() float64 { return float64(e.registry.changes.Load()) })
 	reg.NewCounterFunc("chatd_edge_nats_reconnects_total", "Times the edge's NATS connections were re-established.", func() float64 {
 		n := e.nc.Stats().Reconnects
 		for _, nc := range e.subs {

@@ -62,6 +62,10 @@ type registry struct {
 	// differ while the record may be wrong.
 	failed atomic.Uint64
 	synced uint64
+	// writes and changes count the messages written for logins and
+	// logouts and the changes in them (rewrites aside): their ratio is
+	// how many logins share a write.
+	writes, changes atomic.Uint64
 	// logged counts changes written since the last full rewrite: past
 	// a bound the next beat rewrites the record, which keeps it short.
 	logged int
@@ -188,6 +192,8 @@ func (r *registry) write(i int, ops []regOp) bool {
 		return false
 	}
 	r.logged += len(ops)
+	r.writes.Add(1)
+	r.changes.Add(uint64(len(ops)))
 	r.acks <- regBatch{conn: i, ops: ops, fut: fut}
 	return true
 }

@@ -56,6 +56,7 @@ func TestMonitoring(t *testing.T) {
 		`chatd_edge_command_seconds_count{cmd="login"} 2`,
 		`chatd_edge_deliveries_total{cmd="private_chat"} 1`,
 		"chatd_edge_registry_write_failures_total 0\n",
+		"chatd_edge_registry_changes_total 2\n",
 	} {
 		if !strings.Contains(em, want) {
 			t.Errorf("edge metrics lack %q", want)
