@@ -91,7 +91,8 @@ func Apply(users map[string]bool, body []byte) error {
 }
 
 // Read replays the record of edgeID: the users it held when it last
-// wrote.
+// wrote. Lines it cannot read are skipped: only edges write here, and a
+// user missing from the answer costs less than an edge never given up.
 func Read(ctx context.Context, s jetstream.Stream, edgeID string) (map[string]bool, error) {
 	users := map[string]bool{}
 	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{Filter(edgeID)}})
