@@ -51,16 +51,32 @@ var errConflict = errors.New("entity already exists")
 
 // ensureStreams creates or updates the two streams the workers rely on.
 func ensureStreams(ctx context.Context, js jetstream.JetStream, replicas int, inboxAge time.Duration) error {
-	if replicas < 1 {
-		replicas = 1
+	for _, cfg := range streamConfigs(replicas, inboxAge) {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("stream %s: %w", cfg.Name, err)
+		}
 	}
-	cfgs := []jetstream.StreamConfig{{
+	return nil
+}
+
+// streamConfigs are the two streams' configurations.
+//
+// Reads of them must see the newest write: a login's look at the inbox
+// must find a message stored a moment before (its nudge may have gone
+// out before the user's subscription), and "no such user" must not be
+// said of one just registered. A direct get is answered by any replica,
+// and a follower may not have the newest message yet; with one replica
+// there is only the leader, and direct gets are the cheaper call.
+func streamConfigs(replicas int, inboxAge time.Duration) []jetstream.StreamConfig {
+	replicas = max(replicas, 1)
+	direct := replicas == 1
+	return []jetstream.StreamConfig{{
 		Name:        EventStream,
 		Description: "chatd state changes: users, friendships, groups, members",
 		Subjects:    []string{eventPrefix + ">"},
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
-		AllowDirect: true,
+		AllowDirect: direct,
 		Discard:     jetstream.DiscardNew,
 		Duplicates:  2 * time.Minute,
 	}, {
@@ -69,17 +85,11 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, replicas int, in
 		Subjects:          []string{inboxPrefix + ">"},
 		Storage:           jetstream.FileStorage,
 		Replicas:          replicas,
-		AllowDirect:       true,
+		AllowDirect:       direct,
 		MaxAge:            inboxAge,
 		MaxMsgsPerSubject: maxInboxSize,
 		Discard:           jetstream.DiscardOld,
 	}}
-	for _, cfg := range cfgs {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("stream %s: %w", cfg.Name, err)
-		}
-	}
-	return nil
 }
 
 // publishEvent appends ev on subject, failing with errConflict if the

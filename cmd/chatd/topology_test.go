@@ -343,8 +343,18 @@ func TestTopologyThreeBrokerCluster(t *testing.T) {
 		}
 	}
 	t.Logf("writes resumed %s after the broker stopped", time.Since(stopped).Round(100*time.Millisecond))
+	var cls []*chattest.Client
 	for i := range 10 {
-		client(t, e, fmt.Sprint("u", i), false)
+		cls = append(cls, client(t, e, fmt.Sprint("u", i), false))
+	}
+	// A message kept for an offline user is read back from the new
+	// leader at the user's next login.
+	cls[0].Expect(M{"cmd": "add", "friend": "u1"}, "success")
+	cls[1].Send(M{"cmd": "offline"})
+	cls[1].Want("offline_reply")
+	cls[0].Expect(M{"cmd": "private_chat", "user_to": "u1", "text": "kept"}, "offline")
+	if m := client(t, e, "u1", false).Want("private_chat"); m.Str("text") != "kept" {
+		t.Fatalf("u1 got %s", m.Raw)
 	}
 }
 
