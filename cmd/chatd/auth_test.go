@@ -66,12 +66,9 @@ func TestTopologyWithPermissions(t *testing.T) {
 		}
 	})
 	startWorker(t, url("worker"), "w", "--edge-dead-after", "2s")
-	lo := 20000 + time.Now().Nanosecond()%20000
-	files := func(from int) []string {
-		return []string{"--file-ports", fmt.Sprintf("%d-%d", lo+from, lo+from+20)}
-	}
-	e1 := startEdge(t, url("edge"), "e1", files(0)...)
-	e2 := startEdge(t, url("edge"), "e2", files(21)...)
+	ports := filePorts(2)
+	e1 := startEdge(t, url("edge"), "e1", "--file-ports", ports[0])
+	e2 := startEdge(t, url("edge"), "e2", "--file-ports", ports[1])
 	alice := client(t, e1, "alice", true)
 	bob := client(t, e2, "bob", true)
 	carol := client(t, e2, "carol", true)

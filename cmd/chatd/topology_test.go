@@ -41,6 +41,18 @@ func startEdge(t *testing.T, url, name string, extra ...string) *proc {
 	return startProc(t, nil, append(args, extra...)...)
 }
 
+// filePorts returns n disjoint ranges of 21 file-transfer ports, as
+// --file-ports values, starting somewhere between 20000 and 40000 so that
+// tests running at once seldom pick the same ones.
+func filePorts(n int) []string {
+	lo := 20000 + time.Now().Nanosecond()%20000
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%d-%d", lo+21*i, lo+21*i+20)
+	}
+	return out
+}
+
 // freeAddr returns a loopback address nobody listens on right now.
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -669,9 +681,9 @@ func TestTopologyEdgeKilledMidTransfer(t *testing.T) {
 	br := startBroker(t)
 	url := br.ready["nats"]
 	startWorker(t, url, "w")
-	lo := 20000 + time.Now().Nanosecond()%20000
-	e1 := startEdge(t, url, "e1", "--file-ports", fmt.Sprintf("%d-%d", lo, lo+20), "--file-timeout", "2s")
-	e2 := startEdge(t, url, "e2", "--file-ports", fmt.Sprintf("%d-%d", lo+21, lo+40), "--file-timeout", "2s")
+	ports := filePorts(2)
+	e1 := startEdge(t, url, "e1", "--file-ports", ports[0], "--file-timeout", "2s")
+	e2 := startEdge(t, url, "e2", "--file-ports", ports[1], "--file-timeout", "2s")
 	alice := client(t, e1, "alice", true)
 	bob := client(t, e2, "bob", true)
 	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
