@@ -25,7 +25,7 @@ func ensureSessionBucket(ctx context.Context, js jetstream.JetStream, replicas i
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      proto.SessionBucket,
-		Description: "chatd edges' heartbeats and the users each one holds",
+		Description: "chatd edges' heartbeats",
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
