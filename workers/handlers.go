@@ -185,8 +185,38 @@ func (w *Worker) login(ctx context.Context, c *call) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	body := result(c.cmd, "success", "friend", strings.Join(friends, "|"), "group", strings.Join(groups, "|"))
+	if c.announce {
+		w.tell(user, friends, true)
+	}
+	if c.stored {
+		body = w.withStored(ctx, c, user, body)
+	}
 	c.bind = user
-	return result(c.cmd, "success", "friend", strings.Join(friends, "|"), "group", strings.Join(groups, "|")), nil
+	return body, nil
+}
+
+// withStored appends the user's stored messages to a login reply, one
+// per line after it, as a peek (see claimInbox): the edge that asked has
+// subscribed to the user's subject before, so what is kept from now on
+// is nudged there. If they cannot be read, the reply goes without them
+// (c.stored false), and the edge asks again the usual way.
+func (w *Worker) withStored(ctx context.Context, c *call, user string, body []byte) []byte {
+	msgs, seqs, more, err := w.inbox.peek(ctx, user, inboxBatch)
+	if err != nil && len(msgs) == 0 {
+		w.log.Warn("offline messages not read at login", "user", user, "err", err)
+		c.stored = false
+		return body
+	}
+	if err != nil {
+		w.log.Warn("offline messages partly read", "user", user, "err", err)
+		more = true
+	}
+	c.inboxSeqs, c.more = formatSeqs(seqs), more
+	for _, m := range msgs {
+		body = append(append(body, '\n'), m...)
+	}
+	return body
 }
 
 func (w *Worker) addFriend(ctx context.Context, c *call) ([]byte, error) {
@@ -412,6 +442,12 @@ func (w *Worker) announce(ctx context.Context, user string, online bool) error {
 	if err != nil {
 		return err
 	}
+	w.tell(user, friends, online)
+	return nil
+}
+
+// tell tells friends that user came online or went offline.
+func (w *Worker) tell(user string, friends []string, online bool) {
 	// With its newline, as a group message: each friend's edge writes
 	// the copy it gets as it is.
 	msg := append(obj("cmd", "friend_offline", "friend", user), '\n')
@@ -421,7 +457,6 @@ func (w *Worker) announce(ctx context.Context, user string, online bool) error {
 	for _, f := range friends {
 		w.notify(f, 0, msg)
 	}
-	return nil
 }
 
 // claimInbox hands the user's stored messages to the asking edge, one

@@ -417,6 +417,8 @@ type call struct {
 	keep      bool   // private_chat: store the message, do not deliver it
 	msgID     string // private_chat: the message's ID, chosen by the edge
 	inboxSeqs string // stored messages read (a reply) or written (a request)
+	announce  bool   // login: tell the friends (a request) or told them (a reply)
+	stored    bool   // login: hand out stored messages (a request) or did (a reply)
 }
 
 type handler func(ctx context.Context, c *call) ([]byte, error)
@@ -503,7 +505,8 @@ func newCall(req micro.Request, cmd string) (c *call, seen uint64) {
 	hdr := req.Headers()
 	c = &call{cmd: cmd, user: hdr.Get(proto.HdrUser), body: req.Data(), reply: req.Reply(),
 		transfer: hdr.Get(proto.HdrTransfer), offlineOK: hdr.Get(proto.HdrOffline) != "",
-		keep: hdr.Get(proto.HdrKeep) != "", msgID: hdr.Get(proto.HdrMsgID), inboxSeqs: hdr.Get(proto.HdrInboxSeqs)}
+		keep: hdr.Get(proto.HdrKeep) != "", msgID: hdr.Get(proto.HdrMsgID), inboxSeqs: hdr.Get(proto.HdrInboxSeqs),
+		announce: hdr.Get(proto.HdrAnnounce) != "", stored: hdr.Get(proto.HdrStored) != ""}
 	return c, proto.Seq(hdr.Get(proto.HdrSeq))
 }
 
@@ -569,8 +572,14 @@ func (w *Worker) serve(req micro.Request, cmd string, h handler) {
 	if c.more {
 		out[proto.HdrMore] = []string{"1"}
 	}
-	if c.inboxSeqs != "" && cmd == proto.IntInbox {
+	if c.inboxSeqs != "" && (cmd == proto.IntInbox || c.bind != "") {
 		out[proto.HdrInboxSeqs] = []string{c.inboxSeqs}
+	}
+	if c.bind != "" && c.announce {
+		out[proto.HdrAnnounce] = []string{"1"}
+	}
+	if c.bind != "" && c.stored {
+		out[proto.HdrStored] = []string{"1"}
 	}
 	w.metrics.served(cmd, body, time.Since(start))
 	if c.isError {

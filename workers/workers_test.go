@@ -482,3 +482,54 @@ func handlerGoroutines() int {
 	buf := make([]byte, 1<<22)
 	return strings.Count(string(buf[:runtime.Stack(buf, true)]), "workers.(*Worker).handle(")
 }
+
+// A login request may ask for the announcement to the user's friends and
+// for the stored messages (an edge that subscribed first does): the
+// reply carries both, after its first line, and says so. Without the
+// asking, or with a wrong password, neither happens.
+func TestLoginAnnouncesAndHandsOutWhenAsked(t *testing.T) {
+	tests := []struct {
+		name     string
+		password string
+		ask      bool
+		want     string // login result
+	}{
+		{name: "asked", password: "pw", ask: true, want: "success"},
+		{name: "not asked", password: "pw", ask: false, want: "success"},
+		{name: "wrong password", password: "nope", ask: true, want: "password_error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _, alice := aliceAndFriends(t, []string{"bob"})
+			alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "kept"}, "offline")
+			m := nats.NewMsg(proto.CmdPrefix + "login")
+			if tt.ask {
+				m.Header.Set(proto.HdrStored, "1")
+				m.Header.Set(proto.HdrAnnounce, "1")
+			}
+			m.Data = []byte(`{"cmd":"login","user":"bob","password":"` + tt.password + `"}`)
+			r, err := c.Conn("edge-like").RequestMsg(m, chattest.Timeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first, rest, _ := strings.Cut(string(r.Data), "\n")
+			if got := proto.StrField([]byte(first), "result"); got != tt.want {
+				t.Fatalf("login: %s", r.Data)
+			}
+			granted := tt.ask && tt.want == "success"
+			if got := r.Header.Get(proto.HdrStored) != "" && r.Header.Get(proto.HdrAnnounce) != ""; got != granted {
+				t.Fatalf("reply headers %v", r.Header)
+			}
+			if got := proto.StrField([]byte(rest), "text"); granted != (got == "kept") || granted != (r.Header.Get(proto.HdrInboxSeqs) != "") {
+				t.Fatalf("stored part %q, headers %v", rest, r.Header)
+			}
+			if granted {
+				alice.Want("friend_login")
+			}
+			alice.Sync()
+			if p := alice.Pending(); len(p) != 0 {
+				t.Fatalf("alice got %v", p)
+			}
+		})
+	}
+}

@@ -184,6 +184,15 @@ const (
 	HdrMsgID = "Chat-Msg-Id"
 	// HdrInboxSeqs lists stored messages by stream sequence, comma-separated.
 	HdrInboxSeqs = "Chat-Inbox-Seqs"
+	// HdrAnnounce on a login request asks the worker to tell the user's
+	// friends the user came online, once the password is right; on the
+	// reply it says that was done.
+	HdrAnnounce = "Chat-Announce"
+	// HdrStored on a login request asks for the user's stored messages
+	// with the reply; on the reply it says they follow the reply's first
+	// line, one per line (and HdrInboxSeqs, HdrMore describe them as on
+	// an inbox reply).
+	HdrStored = "Chat-Stored"
 )
 
 // Kinds of messages on a user's delivery subject.
