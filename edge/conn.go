@@ -617,6 +617,11 @@ func (c *conn) handle(frame []byte) {
 func (c *conn) forward(cmd string, id json.RawMessage, frame []byte) {
 	ctx := deadline.New(context.Background(), time.Now().Add(c.e.opts.RequestTimeout))
 	defer ctx.Release()
+	if cmd == "login" && c.user == "" {
+		if user, ok := loginName(frame); ok && c.loginFirst(ctx, id, frame, user) {
+			return
+		}
+	}
 	var hdr nats.Header
 	if cmd == "private_chat" {
 		// Chosen here so that a message sent again below keeps its ID:

@@ -204,6 +204,7 @@ type userEntry struct {
 	name     string
 	sessions map[*conn]uint64
 	sub      *nats.Subscription
+	pending  *pendingLogin // the first session's login, until decided
 }
 
 // New starts listening. Serve must be called to accept clients.
@@ -498,6 +499,20 @@ func (e *Edge) forget(c *conn) {
 // so that a delivery published after the login reply cannot miss it.
 func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bool, err error) {
 	e.mu.Lock()
+	for {
+		u, ok := e.users[user]
+		if !ok || u.pending == nil {
+			break
+		}
+		p := u.pending // a login of the user's first session: wait for it
+		e.mu.Unlock()
+		select {
+		case <-p.ready:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		e.mu.Lock()
+	}
 	e.serial++
 	if u, ok := e.users[user]; ok {
 		u.sessions[c] = e.serial
@@ -709,7 +724,7 @@ func (e *Edge) watchReconnects() {
 // time.
 func (e *Edge) refetch(i int) bool {
 	var users []string
-	for _, user := range e.localUsers() {
+	for _, user := range e.localUsers(false) {
 		if e.deliveryConn(user) == i {
 			users = append(users, user)
 		}
@@ -804,13 +819,16 @@ func (e *Edge) sessionsOf(user string) []*conn {
 	return out
 }
 
-// localUsers returns the users with a session on this edge.
-func (e *Edge) localUsers() []string {
+// localUsers returns the users with a session on this edge, and with
+// pending those whose first session here is still logging in.
+func (e *Edge) localUsers(pending bool) []string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := make([]string, 0, len(e.users))
-	for u := range e.users {
-		out = append(out, u)
+	for name, u := range e.users {
+		if pending || u.pending == nil {
+			out = append(out, name)
+		}
 	}
 	return out
 }
@@ -885,6 +903,9 @@ func (e *Edge) deliver(m *nats.Msg) {
 	e.mu.Lock()
 	u := e.subjects[m.Subject]
 	held := u != nil && len(u.sessions) > 0
+	if u != nil && u.pending != nil && kind == proto.KindInbox {
+		u.pending.nudged = true
+	}
 	e.mu.Unlock()
 	if !held {
 		if kind == proto.KindProbe && m.Reply != "" {
@@ -924,41 +945,75 @@ const directBacklog = 64
 // here lets the sender's wait fail, and the message is kept for later.
 // A private message handed off by a worker (proto.HandoffReply) is
 // confirmed to the sender's edge directly, or, not held here, returned
-// to the worker.
+// to the worker. While the user's first session here is logging in, the
+// message waits for the outcome (see pendingLogin).
 func (e *Edge) deliverLine(m *nats.Msg) {
+	e.mu.Lock()
+	u := e.subjects[m.Subject]
+	if u != nil && u.pending != nil && u.pending.hold(m) {
+		e.mu.Unlock()
+		return
+	}
+	d := e.route(u, m, len(e.deliveries) < directBacklog)
+	e.mu.Unlock()
+	e.complete(d, true)
+}
+
+// delivery is a message routed to a user's sessions (route), with what
+// is left to do outside e.mu (complete).
+type delivery struct {
+	m         *nats.Msg
+	n         int    // sessions it went to
+	name      string // their user
+	only      *conn  // the one session the caller writes it to itself
+	target    string // where the sender's edge waits, when handedOff
+	handedOff bool
+}
+
+// route queues m for u's sessions (u may be nil: nobody here). With
+// direct, a private message to a user with one session is left for the
+// caller to write (delivery.only); only the dispatcher may ask for that,
+// since complete writes it from the dispatcher's buffer. The caller
+// holds e.mu.
+func (e *Edge) route(u *userEntry, m *nats.Msg, direct bool) delivery {
 	var seq uint64
 	if m.Header != nil {
 		seq = proto.Seq(m.Header.Get(proto.HdrSeq))
 	}
 	var line []byte // shared by the sessions' queues
-	target, handedOff := proto.HandoffTarget(m.Reply)
+	d := delivery{m: m}
+	d.target, d.handedOff = proto.HandoffTarget(m.Reply)
 	id, once := msgID{}, false
-	if handedOff {
+	if d.handedOff {
 		id, once = privateMsgID(m.Data)
 	}
-	e.mu.Lock()
-	u := e.subjects[m.Subject]
-	n, name := 0, ""
-	var only *conn
-	if u != nil {
-		n, name = len(u.sessions), u.name
-		for c := range u.sessions {
-			c.observe(seq)
-			if once && !c.firstTime(id) {
-				continue // a copy of one it has: delivered all the same
-			}
-			if handedOff && n == 1 && len(e.deliveries) < directBacklog {
-				only = c
-				break
-			}
-			if line == nil {
-				line = asLine(m.Data)
-			}
-			c.send(line)
-		}
+	if u == nil {
+		return d
 	}
-	e.mu.Unlock()
-	if only != nil {
+	d.n, d.name = len(u.sessions), u.name
+	for c := range u.sessions {
+		c.observe(seq)
+		if once && !c.firstTime(id) {
+			continue // a copy of one it has: delivered all the same
+		}
+		if direct && d.handedOff && d.n == 1 {
+			d.only = c
+			break
+		}
+		if line == nil {
+			line = asLine(m.Data)
+		}
+		c.send(line)
+	}
+	return d
+}
+
+// complete finishes a routed delivery: the line the dispatcher writes
+// itself, the confirmation, or the hand-back when nobody took it;
+// dispatcher says the dispatcher calls.
+func (e *Edge) complete(d delivery, dispatcher bool) {
+	m := d.m
+	if d.only != nil {
 		// A private message to a user with one session: written from here
 		// when nothing else is queued for the session, which costs less
 		// than waking its writer. Group messages come many at a time and
@@ -968,21 +1023,21 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 		// The line is built in the dispatcher's own buffer, copied only if
 		// the socket does not take it at once.
 		e.line = appendLine(e.line[:0], m.Data)
-		only.sendNow(e.line, true)
+		d.only.sendNow(e.line, true)
 		e.line = keepable(e.line)
 	}
-	if n == 0 {
-		if handedOff {
+	if d.n == 0 {
+		if d.handedOff {
 			// Back to the worker, which stores it and answers the sender.
 			_ = e.nc.Publish(m.Reply, m.Data)
 		}
 		return
 	}
-	e.metrics.delivered(m.Data, n)
+	e.metrics.delivered(m.Data, d.n, dispatcher)
 	switch {
-	case handedOff:
-		if !e.replies.confirmLocal(target, name) {
-			_ = e.nc.Publish(target, proto.Result("private_chat", "success", "user_to", name))
+	case d.handedOff:
+		if !e.replies.confirmLocal(d.target, d.name) {
+			_ = e.nc.Publish(d.target, proto.Result("private_chat", "success", "user_to", d.name))
 		}
 	case m.Reply != "":
 		_ = m.Respond(nil)
@@ -1001,9 +1056,7 @@ func (e *Edge) deliverLine(m *nats.Msg) {
 // no worker could read them (it is logged here); what is left behind
 // after a failed removal is not one.
 func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, announce bool) error {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(user))
-	lock := &e.fetching[h.Sum32()%uint32(len(e.fetching))]
+	lock := e.fetchLock(user)
 	lock.Lock()
 	defer lock.Unlock()
 	if sessions == nil {
@@ -1026,47 +1079,60 @@ func (e *Edge) fetchInbox(ctx context.Context, user string, sessions []*conn, an
 			e.log.Warn("fetching offline messages failed", "user", user, "err", err)
 			return err
 		}
-		for _, line := range splitLines(reply.Data) {
-			if isStoredOffer(line) {
-				if c := newest(sessions, e.newestSession(user)); c != nil {
-					e.offerStored(c, user, line)
-				}
-				continue
-			}
-			id, once := privateMsgID(line)
-			for _, c := range sessions {
-				if !once || c.firstTime(id) {
-					c.send(line)
-				}
-			}
-		}
-		seqs := reply.Header.Get(proto.HdrInboxSeqs)
-		if seqs == "" { // nothing was stored, or a worker that removes as it reads
-			if reply.Header.Get(proto.HdrMore) == "" {
-				return nil
-			}
-			continue
-		}
-		if !written(sessions) {
-			return nil // the sessions are gone: left for the next login
-		}
-		done := nats.NewMsg(proto.InternalPrefix + proto.IntInboxDone)
-		done.Header.Set(proto.HdrUser, user)
-		done.Header.Set(proto.HdrInboxSeqs, seqs)
-		done.Data = []byte("{}")
-		dr, err := e.request(ctx, done)
-		if err == nil && proto.StrField(dr.Data, "result") != "success" {
-			err = fmt.Errorf("worker answered %s", dr.Data)
-		}
-		if err != nil {
-			// Handed out again at the next fetch: a repeat, not a loss.
-			e.log.Warn("removing delivered offline messages failed", "user", user, "err", err)
-			return nil
-		}
-		if reply.Header.Get(proto.HdrMore) == "" {
+		if !e.handOut(ctx, user, sessions, reply.Data, reply.Header) {
 			return nil
 		}
 	}
+}
+
+// fetchLock is the lock fetches of user's stored messages take turns on.
+func (e *Edge) fetchLock(user string) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(user))
+	return &e.fetching[h.Sum32()%uint32(len(e.fetching))]
+}
+
+// handOut writes stored messages read for user (data, one per line, as
+// hdr describes them) to sessions, then removes them from the store, and
+// reports whether more are waiting to be read. The caller holds user's
+// fetchLock.
+func (e *Edge) handOut(ctx context.Context, user string, sessions []*conn, data []byte, hdr nats.Header) (more bool) {
+	for _, line := range splitLines(data) {
+		if isStoredOffer(line) {
+			if c := newest(sessions, e.newestSession(user)); c != nil {
+				e.offerStored(c, user, line)
+			}
+			continue
+		}
+		id, once := privateMsgID(line)
+		for _, c := range sessions {
+			if !once || c.firstTime(id) {
+				c.send(line)
+			}
+		}
+	}
+	more = hdr.Get(proto.HdrMore) != ""
+	seqs := hdr.Get(proto.HdrInboxSeqs)
+	if seqs == "" { // nothing was stored, or a worker that removes as it reads
+		return more
+	}
+	if !written(sessions) {
+		return false // the sessions are gone: left for the next login
+	}
+	done := nats.NewMsg(proto.InternalPrefix + proto.IntInboxDone)
+	done.Header.Set(proto.HdrUser, user)
+	done.Header.Set(proto.HdrInboxSeqs, seqs)
+	done.Data = []byte("{}")
+	dr, err := e.request(ctx, done)
+	if err == nil && proto.StrField(dr.Data, "result") != "success" {
+		err = fmt.Errorf("worker answered %s", dr.Data)
+	}
+	if err != nil {
+		// Handed out again at the next fetch: a repeat, not a loss.
+		e.log.Warn("removing delivered offline messages failed", "user", user, "err", err)
+		return false
+	}
+	return more
 }
 
 // written waits until what was queued for sessions has gone to their

@@ -97,10 +97,14 @@ func (m *edgeMetrics) reply(body []byte, took time.Duration) {
 	m.latency.With(cmd).Observe(took)
 }
 
-// delivered counts a line written to sessions from a user subject; only
-// the dispatcher calls it.
-func (m *edgeMetrics) delivered(line []byte, sessions int) {
+// delivered counts a line written to sessions from a user subject. Only
+// the dispatcher may use the cached counter (cached); others look it up.
+func (m *edgeMetrics) delivered(line []byte, sessions int, cached bool) {
 	kind := proto.FieldBytes(line, "cmd")
+	if !cached {
+		m.deliveries.With(m.labels.String(kind)).Add(uint64(sessions))
+		return
+	}
 	if m.lastCounter == nil || !bytes.Equal(kind, m.lastKind) {
 		m.lastKind = append(m.lastKind[:0], kind...)
 		m.lastCounter = m.deliveries.With(m.labels.String(kind))

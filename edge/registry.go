@@ -306,7 +306,9 @@ func (r *registry) beat() {
 func (r *registry) rewrite(ctx context.Context) {
 	failed := r.failed.Load()
 	users := make([][]string, len(r.e.subs))
-	for _, user := range r.e.localUsers() {
+	// With the pending logins: they are in the log already (prebind),
+	// and if they fail, their removal follows.
+	for _, user := range r.e.localUsers(true) {
 		i := r.e.deliveryConn(user)
 		users[i] = append(users[i], user)
 	}
@@ -341,7 +343,7 @@ func (r *registry) rewrite(ctx context.Context) {
 // again (the workers told them otherwise when they gave this edge up),
 // and hands out what was stored for the user meanwhile.
 func (r *registry) rejoin(ctx context.Context) {
-	for _, user := range r.e.localUsers() {
+	for _, user := range r.e.localUsers(false) {
 		r.e.fetchInbox(ctx, user, nil, true)
 	}
 }
