@@ -15,18 +15,50 @@ import (
 )
 
 // ensureFileBucket creates or updates the object store for offline files.
+//
+// nats.go makes the bucket's stream answer direct gets, which any
+// replica serves: with more than one, a lagging follower could say "no
+// such file" of one uploaded a moment before. So with replicas the stream
+// is changed to answer from its leader. The bucket is only recreated when
+// its settings differ, so that a worker starting does not turn direct gets
+// back on for an edge that looks the bucket up meanwhile.
 func ensureFileBucket(ctx context.Context, js jetstream.JetStream, replicas int, maxAge time.Duration) error {
-	_, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	replicas = max(replicas, 1)
+	cfg := jetstream.ObjectStoreConfig{
 		Bucket:      proto.FileBucket,
 		Description: "chatd files waiting for offline users",
 		TTL:         maxAge,
 		Storage:     jetstream.FileStorage,
-		Replicas:    max(replicas, 1),
-	})
-	if err != nil {
+		Replicas:    replicas,
+	}
+	stream, err := js.Stream(ctx, fileStream)
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("object store %s: %w", proto.FileBucket, err)
 	}
+	if stream == nil || differs(stream.CachedInfo().Config, cfg) {
+		if _, err := js.CreateOrUpdateObjectStore(ctx, cfg); err != nil {
+			return fmt.Errorf("object store %s: %w", proto.FileBucket, err)
+		}
+		if stream, err = js.Stream(ctx, fileStream); err != nil {
+			return fmt.Errorf("object store %s: %w", proto.FileBucket, err)
+		}
+	}
+	if sc := stream.CachedInfo().Config; sc.AllowDirect != (replicas == 1) {
+		sc.AllowDirect = replicas == 1
+		if _, err := js.UpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("object store %s: direct gets: %w", proto.FileBucket, err)
+		}
+	}
 	return nil
+}
+
+// fileStream is the stream behind the files bucket (nats.go's naming).
+const fileStream = "OBJ_" + proto.FileBucket
+
+// differs reports whether the bucket's stream has other settings than cfg asks for.
+func differs(sc jetstream.StreamConfig, cfg jetstream.ObjectStoreConfig) bool {
+	return sc.Replicas != cfg.Replicas || sc.MaxAge != cfg.TTL || sc.Description != cfg.Description ||
+		sc.Storage != cfg.Storage
 }
 
 // sendFile authorises a transfer and finds where it goes. The edge has

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/chatd-io/chatd/internal/chattest"
 )
@@ -332,7 +334,7 @@ func TestTopologyThreeBrokerCluster(t *testing.T) {
 	all := strings.Join(urls, ",")
 	startWorker(t, all, "w1", "--replicas", "3")
 	startWorker(t, strings.Join([]string{urls[1], urls[2], urls[0]}, ","), "w2", "--replicas", "3")
-	e := startEdge(t, all, "e")
+	e := startEdge(t, all, "e", "--file-ports", filePorts(1)[0])
 	reg := chattest.Dial(t, e.ready["client"])
 	for i := range 10 {
 		reg.Register(fmt.Sprint("u", i), "pw")
@@ -365,8 +367,42 @@ func TestTopologyThreeBrokerCluster(t *testing.T) {
 	cls[1].Send(M{"cmd": "offline"})
 	cls[1].Want("offline_reply")
 	cls[0].Expect(M{"cmd": "private_chat", "user_to": "u1", "text": "kept"}, "offline")
-	if m := client(t, e, "u1", false).Want("private_chat"); m.Str("text") != "kept" {
+	// So is a stored file, downloaded right after: the files bucket's
+	// stream answers from its leader, not from a follower that may not
+	// have the file yet.
+	data := []byte(strings.Repeat("stored in a cluster ", 5000))
+	cls[0].Send(M{"cmd": "send_file", "to_user": "u1", "length": fmt.Sprint(len(data)), "filename": "f", "offline": true})
+	out := cls[0].FilePort(cls[0].Want("send_file_port_reply").Port())
+	go func() { _, _ = out.Write(data) }()
+	if m := cls[0].Want("send_file_reply"); m.Str("result") != "stored" {
+		t.Fatalf("stored file: %s", m.Raw)
+	}
+	u1 := client(t, e, "u1", false)
+	if m := u1.Want("private_chat"); m.Str("text") != "kept" {
 		t.Fatalf("u1 got %s", m.Raw)
+	}
+	if got := chattest.ReadAll(t, u1.FilePort(u1.Want("recv_file_port_reply").Port())); string(got) != string(data) {
+		t.Fatalf("downloaded %d bytes, want %d", len(got), len(data))
+	}
+	nc, err := nats.Connect(urls[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), chattest.Timeout)
+	defer cancel()
+	for _, name := range []string{"CHAT_EVENTS", "CHAT_INBOX", "OBJ_CHAT_FILES"} {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg := st.CachedInfo().Config; cfg.Replicas != 3 || cfg.AllowDirect {
+			t.Errorf("%s: %d replicas, direct gets %v; want 3, false", name, cfg.Replicas, cfg.AllowDirect)
+		}
 	}
 }
 
