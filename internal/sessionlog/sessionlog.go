@@ -95,7 +95,11 @@ func Apply(users map[string]bool, body []byte) error {
 // user missing from the answer costs less than an edge never given up.
 func Read(ctx context.Context, s jetstream.Stream, edgeID string) (map[string]bool, error) {
 	users := map[string]bool{}
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{Filter(edgeID)}})
+	// The read may end before the consumer's last fetch does; the server
+	// then drops the consumer once it has been idle this long (nats.go's
+	// default is five minutes, and each reaped edge leaves one).
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{Filter(edgeID)},
+		InactiveThreshold: readerIdle})
 	if err != nil {
 		return nil, fmt.Errorf("session log of %s: %w", edgeID, err)
 	}
@@ -126,6 +130,9 @@ func Read(ctx context.Context, s jetstream.Stream, edgeID string) (map[string]bo
 		}
 	}
 }
+
+// readerIdle is how long Read's consumer outlives its last fetch.
+const readerIdle = 10 * time.Second
 
 // Forget purges the record of edgeID.
 func Forget(ctx context.Context, s jetstream.Stream, edgeID string) error {

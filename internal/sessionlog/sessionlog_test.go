@@ -124,4 +124,15 @@ func TestReadAndForget(t *testing.T) {
 	if got := read("E2"); !slices.Equal(got, []string{"dave"}) {
 		t.Fatalf("E2 after E1 was forgotten: %q", got)
 	}
+	// The readers' consumers do not stay for minutes after their reads.
+	n := 0
+	for ci := range s.ListConsumers(ctx).Info() {
+		n++
+		if ci.Config.InactiveThreshold <= 0 || ci.Config.InactiveThreshold > 30*time.Second {
+			t.Errorf("consumer %s stays %s after its last fetch", ci.Name, ci.Config.InactiveThreshold)
+		}
+	}
+	if n == 0 {
+		t.Error("no consumer left to check")
+	}
 }
