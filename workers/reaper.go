@@ -131,11 +131,13 @@ func (r *reaper) reap(ctx context.Context, edgeID string, rev uint64) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var name string
+	var last []byte
 	if e, err := r.kv.Get(ctx, proto.EdgeKey(edgeID)); err == nil {
 		var v struct {
 			Name string `json:"name"`
 		}
-		_ = json.Unmarshal(e.Value(), &v)
+		last = e.Value()
+		_ = json.Unmarshal(last, &v)
 		name = v.Name
 	}
 	if err := r.kv.Delete(ctx, proto.EdgeKey(edgeID), jetstream.LastRevision(rev)); err != nil {
@@ -144,7 +146,8 @@ func (r *reaper) reap(ctx context.Context, edgeID string, rev uint64) {
 	r.w.metrics.reaped.Inc()
 	users, err := sessionlog.Read(ctx, r.log, edgeID)
 	if err != nil {
-		r.w.log.Warn("reading a dead edge's sessions failed", "edge", edgeID, "err", err)
+		r.w.log.Warn("reading a dead edge's sessions failed; giving it up again later", "edge", edgeID, "err", err)
+		r.again(ctx, edgeID, last)
 		return
 	}
 	if err := sessionlog.Forget(ctx, r.log, edgeID); err != nil {
@@ -162,6 +165,23 @@ func (r *reaper) reap(ctx context.Context, edgeID string, rev uint64) {
 		n++
 	}
 	r.w.log.Warn("edge stopped beating; its sessions are over", "edge", edgeID, "name", name, "users_offline", n)
+}
+
+// again puts back the heartbeat key of an edge whose record could not be
+// read, as it was: the workers see it stop beating once more and give it
+// up then, instead of never telling its users' friends. Only a key that
+// nobody has written since is put back (a live edge beats anew on its
+// own). It is done even while this worker shuts down: another one reaps.
+func (r *reaper) again(ctx context.Context, edgeID string, last []byte) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if last == nil {
+		last = []byte("{}")
+	}
+	if _, err := r.kv.Create(ctx, proto.EdgeKey(edgeID), last); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		r.w.log.Error("a dead edge's heartbeat could not be put back: its users' friends are not told",
+			"edge", edgeID, "err", err)
+	}
 }
 
 // legacyKeys adds to users, and deletes, the keys an edge of an earlier

@@ -1,6 +1,7 @@
 package workers_test
 
 import (
+	"context"
 	"fmt"
 	"runtime"
 	"strings"
@@ -9,10 +10,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/chatd-io/chatd/internal/chattest"
 	"github.com/chatd-io/chatd/internal/metrics"
 	"github.com/chatd-io/chatd/internal/proto"
+	"github.com/chatd-io/chatd/internal/sessionlog"
 	"github.com/chatd-io/chatd/workers"
 )
 
@@ -531,5 +534,66 @@ func TestLoginAnnouncesAndHandsOutWhenAsked(t *testing.T) {
 				t.Fatalf("alice got %v", p)
 			}
 		})
+	}
+}
+
+// An edge stops beating and its record cannot be read when a worker gives
+// it up (here the session log is gone for a moment): the heartbeat key is
+// put back, the edge is given up again later, and its user's friend is
+// told then.
+func TestDeadEdgeWithUnreadableRecordIsGivenUpLater(t *testing.T) {
+	c, _, alice := aliceAndFriends(t, []string{"bob"}, func(o *workers.Options) { o.EdgeDeadAfter = 500 * time.Millisecond })
+	nc := c.Conn("dead edge")
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), chattest.Timeout)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, proto.SessionBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := proto.EdgeKey("DEADEDGE")
+	watch, err := kv.Watch(ctx, key, jetstream.UpdatesOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Stop()
+	if _, err := js.Publish(ctx, sessionlog.Subject("DEADEDGE", 0), sessionlog.Append(nil, "bob", true)); err != nil {
+		t.Fatal(err)
+	}
+	logCfg, err := js.Stream(ctx, sessionlog.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, key, []byte(`{"name":"dead"}`)); err != nil {
+		t.Fatal(err)
+	}
+	<-watch.Updates() // our put
+	if err := js.DeleteStream(ctx, sessionlog.Stream); err != nil {
+		t.Fatal(err)
+	}
+	next := func(want jetstream.KeyValueOp) {
+		t.Helper()
+		select {
+		case e := <-watch.Updates():
+			if e.Operation() != want {
+				t.Fatalf("heartbeat key: %v, want %v", e.Operation(), want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("heartbeat key: no %v", want)
+		}
+	}
+	next(jetstream.KeyValueDelete) // given up, record unreadable
+	next(jetstream.KeyValuePut)    // put back
+	if _, err := js.CreateStream(ctx, logCfg.CachedInfo().Config); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, sessionlog.Subject("DEADEDGE", 0), sessionlog.Append(nil, "bob", true)); err != nil {
+		t.Fatal(err)
+	}
+	if m := alice.Want("friend_offline"); m.Str("friend") != "bob" {
+		t.Fatalf("alice got %s", m.Raw)
 	}
 }
