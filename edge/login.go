@@ -71,6 +71,24 @@ func (c *conn) loginFirst(ctx context.Context, id json.RawMessage, frame []byte,
 	if reply == nil {
 		c.e.abandon(u)
 		c.reply(id, proto.Result("login", "unavailable"))
+		if first {
+			// The worker may have told the friends before its answer was
+			// lost (it died, or answered too late): take it back, unless
+			// the user did log in elsewhere meanwhile. At worst friends
+			// hear "offline" of a user they knew was. Not on the read
+			// loop: with no worker there, this waits as long again.
+			// Counted with the read loops, whose count this one holds.
+			e := c.e
+			e.connWG.Add(1)
+			go func() {
+				defer e.connWG.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), e.opts.RequestTimeout)
+				defer cancel()
+				if !e.held(ctx, user) {
+					e.presence(ctx, user, false)
+				}
+			}()
+		}
 		return true
 	}
 	if bind := reply.Header.Get(proto.HdrBind); bind != user {

@@ -22,6 +22,7 @@ type standIn struct {
 	mu       sync.Mutex
 	logins   []nats.Header // headers of each login request, in order
 	inboxAsk int           // inbox requests
+	presence chan string   // each presence request: user and body
 }
 
 // pause is how long the stand-in sits on a login after acting, so that
@@ -32,7 +33,7 @@ func startStandIn(t *testing.T, login func(s *standIn, m *nats.Msg) *nats.Msg, i
 	t.Helper()
 	c := chattest.StartBroker(t, "")
 	// Connected first, closed last: the edge's shutdown still has it.
-	s := &standIn{t: t, c: c, nc: c.Conn("stand-in")}
+	s := &standIn{t: t, c: c, nc: c.Conn("stand-in"), presence: make(chan string, 16)}
 	w := c.StartWorker("")
 	addr := c.StartEdge().Addr().String()
 	w.Stop()
@@ -59,7 +60,11 @@ func startStandIn(t *testing.T, login func(s *standIn, m *nats.Msg) *nats.Msg, i
 		s.mu.Unlock()
 		return &nats.Msg{Data: []byte(inbox + "\n")}
 	})
-	serve(proto.InternalPrefix+proto.IntPresence, func(*nats.Msg) *nats.Msg {
+	serve(proto.InternalPrefix+proto.IntPresence, func(m *nats.Msg) *nats.Msg {
+		select {
+		case s.presence <- m.Header.Get(proto.HdrUser) + " " + string(m.Data):
+		default:
+		}
 		return &nats.Msg{Data: []byte(`{"cmd":"presence_reply","result":"success"}`)}
 	})
 	if err := s.nc.Flush(); err != nil {
@@ -178,6 +183,11 @@ func TestFailedLoginHandsBackWhatCameMeanwhile(t *testing.T) {
 	if tok, ok := proto.HandoffToken(m.Subject, proto.HandoffPrefix+"w1."); !ok || tok != 7 || string(m.Data) != chatLine("during") {
 		t.Fatalf("returned %s: %s", m.Subject, m.Data)
 	}
+	select {
+	case p := <-s.presence: // a refusal is an answer: the worker told nobody
+		t.Fatalf("presence request %q after a refused login", p)
+	default:
+	}
 	waitFor(t, "bob's subscription to end", func() bool {
 		for _, n := range userSubs(t, s.c) {
 			if n > 0 {
@@ -186,6 +196,23 @@ func TestFailedLoginHandsBackWhatCameMeanwhile(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// A login whose worker never answers (it died after telling the friends,
+// say) is answered "unavailable", and the friends are told the user is
+// offline after all.
+func TestUnansweredLoginIsTakenBack(t *testing.T) {
+	s, addr := startStandIn(t, func(*standIn, *nats.Msg) *nats.Msg { return nil }, "")
+	cl := chattest.Dial(t, addr)
+	cl.Expect(M{"cmd": "login", "user": "bob", "password": "pw"}, "unavailable")
+	select {
+	case got := <-s.presence:
+		if got != `bob {"online":false}` {
+			t.Fatalf("presence request %q", got)
+		}
+	case <-time.After(chattest.Timeout):
+		t.Fatal("friends not told bob is offline")
+	}
 }
 
 // A second login of the user on the same edge, while the first is still
