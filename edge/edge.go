@@ -520,12 +520,7 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 		return false, nil
 	}
 	u := &userEntry{name: user, sessions: map[*conn]uint64{c: e.serial}}
-	e.users[user] = u
-	e.subjects[proto.UserSubject(user)] = u
-	e.mu.Unlock()
-
-	firstAnywhere = !e.held(ctx, user)
-	sub, err := e.subs[e.deliveryConn(user)].ChanSubscribe(proto.UserSubject(user), e.deliveries)
+	firstAnywhere, sub, err := e.enter(ctx, u)
 	if err == nil {
 		err = e.settle(ctx, user)
 	}
@@ -552,6 +547,18 @@ func (e *Edge) bind(ctx context.Context, c *conn, user string) (firstAnywhere bo
 	u.sub = sub
 	e.mu.Unlock()
 	return firstAnywhere, nil
+}
+
+// enter adds the new entry u, unlocking e.mu, which the caller holds;
+// then it asks whether any other edge holds u's user (is this the user's
+// first session anywhere?) and subscribes to the user's subject.
+func (e *Edge) enter(ctx context.Context, u *userEntry) (firstAnywhere bool, sub *nats.Subscription, err error) {
+	e.users[u.name] = u
+	e.subjects[proto.UserSubject(u.name)] = u
+	e.mu.Unlock()
+	firstAnywhere = !e.held(ctx, u.name)
+	sub, err = e.subs[e.deliveryConn(u.name)].ChanSubscribe(proto.UserSubject(u.name), e.deliveries)
+	return firstAnywhere, sub, err
 }
 
 // forgetKey removes user's registry key, which settle may have written,

@@ -136,12 +136,7 @@ func (e *Edge) prebind(ctx context.Context, user string) (u *userEntry, firstAny
 		return nil, false
 	}
 	u = &userEntry{name: user, sessions: map[*conn]uint64{}, pending: &pendingLogin{ready: make(chan struct{})}}
-	e.users[user] = u
-	e.subjects[proto.UserSubject(user)] = u
-	e.mu.Unlock()
-
-	firstAnywhere = !e.held(ctx, user)
-	sub, err := e.subs[e.deliveryConn(user)].ChanSubscribe(proto.UserSubject(user), e.deliveries)
+	firstAnywhere, sub, err := e.enter(ctx, u)
 	if err == nil {
 		e.mu.Lock()
 		u.sub = sub

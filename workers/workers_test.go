@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/chatd-io/chatd/edge"
 	"github.com/chatd-io/chatd/internal/chattest"
 	"github.com/chatd-io/chatd/internal/metrics"
 	"github.com/chatd-io/chatd/internal/proto"
@@ -542,7 +543,15 @@ func TestLoginAnnouncesAndHandsOutWhenAsked(t *testing.T) {
 // put back, the edge is given up again later, and its user's friend is
 // told then.
 func TestDeadEdgeWithUnreadableRecordIsGivenUpLater(t *testing.T) {
-	c, _, alice := aliceAndFriends(t, []string{"bob"}, func(o *workers.Options) { o.EdgeDeadAfter = 500 * time.Millisecond })
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("", func(o *workers.Options) { o.EdgeDeadAfter = 500 * time.Millisecond })
+	// The live edge beats well within that.
+	addr := c.StartEdge(func(o *edge.Options) { o.Heartbeat = 50 * time.Millisecond }).Addr().String()
+	reg := chattest.Dial(t, addr)
+	reg.Register("alice", "pw")
+	reg.Register("bob", "pw")
+	alice := login(t, addr, "alice")
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success")
 	nc := c.Conn("dead edge")
 	js, err := jetstream.New(nc)
 	if err != nil {
