@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -73,6 +74,9 @@ type registry struct {
 	log    jetstream.Stream
 	pubs   []jetstream.JetStream // one per e.subs
 	rev    uint64                // revision of our heartbeat key; 0 when not registered
+	// unsure is the value of the last heartbeat whose outcome is unknown
+	// (it timed out): it may have landed after all, and moved rev on.
+	unsure []byte
 }
 
 func newRegistry(e *Edge) (*registry, error) {
@@ -237,6 +241,22 @@ func answer(ops []regOp, err error) (waited bool) {
 	return waited
 }
 
+// landedLate reports whether the heartbeat key holds the value of a
+// heartbeat that timed out (the link was cut while it was on its way, and
+// it was written once the link was back), and if so takes its revision:
+// the edge was not given up, it only missed its own write.
+func (r *registry) landedLate(ctx context.Context) bool {
+	if r.unsure == nil {
+		return false
+	}
+	entry, err := r.kv.Get(ctx, proto.EdgeKey(r.e.id))
+	if err != nil || !bytes.Equal(entry.Value(), r.unsure) {
+		return false
+	}
+	r.rev, r.unsure = entry.Revision(), nil
+	return true
+}
+
 // beat refreshes the heartbeat, and registers from scratch when there is
 // none yet or the workers deleted it.
 func (r *registry) beat() {
@@ -274,16 +294,19 @@ func (r *registry) beat() {
 		rev, err := r.kv.Update(ctx, proto.EdgeKey(r.e.id), val, r.rev)
 		switch {
 		case err == nil:
-			r.rev = rev
+			r.rev, r.unsure = rev, nil
 			if r.failed.Load() != r.synced || r.logged > 2*r.e.Sessions()+maxBatchOps {
 				r.rewrite(ctx)
 			}
 			return
+		case errors.Is(err, jetstream.ErrKeyRevisionMismatch) && r.landedLate(ctx):
+			return // the next beat goes from the revision it made
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 			r.e.log.Warn("this edge was given up for dead; registering its sessions again")
 			r.rev, reaped = 0, true
 		default:
 			r.e.log.Warn("heartbeat failed", "err", err)
+			r.unsure = val
 			return
 		}
 	}
@@ -292,7 +315,7 @@ func (r *registry) beat() {
 		r.e.log.Warn("heartbeat failed", "err", err)
 		return
 	}
-	r.rev = rev
+	r.rev, r.unsure = rev, nil
 	r.rewrite(ctx)
 	if reaped {
 		r.rejoin(ctx)

@@ -593,6 +593,34 @@ func TestTopologyEdgeLinkDropsBriefly(t *testing.T) {
 	handedOutOnce(t, alice, bob)
 }
 
+// A cut longer than the edge's request timeout: the heartbeat sent into
+// it times out, and is written once the link is back. The edge takes that
+// for its own write, not for having been given up, and registers nothing
+// again.
+func TestTopologyEdgeLinkDownPastAHeartbeat(t *testing.T) {
+	l := startBrokenLink(t)
+	client(t, l.far, "bob", true)
+	l.link.setCut(true)
+	deadline := time.Now().Add(chattest.Timeout)
+	for !strings.Contains(l.far.log(), "heartbeat failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no heartbeat timed out:\n%s", l.far.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	l.link.setCut(false)
+	for strings.Count(l.far.log(), "NATS reconnected") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the far edge did not reconnect:\n%s", l.far.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // four heartbeats
+	if log := l.far.log(); strings.Contains(log, "given up for dead") {
+		t.Fatalf("the edge thought itself given up:\n%s", log)
+	}
+}
+
 // An edge back after a break fetches only for the users the inbox holds
 // messages for: with many users and few messages stored, one look at the
 // stream instead of a request to the workers for each.
