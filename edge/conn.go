@@ -56,6 +56,7 @@ type conn struct {
 	drainAt atomic.Int64 // unix nanoseconds reads stop at once the edge drains
 
 	user    string        // bound user; only the read loop touches it
+	friends friendSet     // user's friends, as far as this session knows
 	started time.Time     // when the request being handled was read
 	seen    atomic.Uint64 // highest log sequence this session has observed
 	wait    *waiter       // the read loop's, for its requests; nil while parked
@@ -623,16 +624,26 @@ func (c *conn) forward(cmd string, id json.RawMessage, frame []byte) {
 		}
 	}
 	var hdr nats.Header
+	sent := notTried
 	if cmd == "private_chat" {
 		// Chosen here so that a message sent again below keeps its ID:
 		// a recipient who gets it twice can tell.
-		hdr = nats.Header{proto.HdrMsgID: {nuid.Next()}}
+		msgID := nuid.Next()
+		hdr = nats.Header{proto.HdrMsgID: {msgID}}
+		if sent = c.sendDirect(ctx, id, frame, msgID); sent == confirmed {
+			return
+		}
 	}
-	reply, err := c.ask(ctx, cmd, frame, hdr)
-	if errors.Is(err, context.DeadlineExceeded) && cmd == "private_chat" {
-		// Nobody confirmed: the worker or the recipient's edge may have
-		// died, or the message met a user leaving another broker. Kept,
-		// it reaches the recipient once more at worst, rather than never.
+	var reply *nats.Msg
+	var err error
+	if sent == notTried {
+		reply, err = c.ask(ctx, cmd, frame, hdr)
+	}
+	if cmd == "private_chat" && (sent == untaken || errors.Is(err, context.DeadlineExceeded)) {
+		// Nobody took it (the recipient is offline), or nobody confirmed:
+		// the worker or the recipient's edge may have died, or the
+		// message met a user leaving another broker. Kept, it reaches the
+		// recipient once more at worst, rather than never.
 		kctx := deadline.New(context.Background(), time.Now().Add(c.e.opts.RequestTimeout))
 		hdr.Set(proto.HdrKeep, "1")
 		reply, _ = c.ask(kctx, cmd, frame, hdr)
@@ -645,6 +656,11 @@ func (c *conn) forward(cmd string, id json.RawMessage, frame []byte) {
 	if bind := reply.Header.Get(proto.HdrBind); cmd == "login" && bind != "" {
 		c.login(ctx, id, bind, reply.Data)
 		return
+	}
+	if cmd == "add" && proto.StrField(reply.Data, "result") == "success" {
+		if friend, ok := field(reply.Data, "friend"); ok {
+			c.friends.add(friend)
+		}
 	}
 	c.reply(id, reply.Data)
 }
@@ -689,6 +705,7 @@ func (c *conn) ask(ctx context.Context, cmd string, frame []byte, hdr nats.Heade
 // from here on can be missed.
 func (c *conn) login(ctx context.Context, id json.RawMessage, user string, replyData []byte) {
 	if c.user == user {
+		c.loggedIn(user, replyData)
 		c.reply(id, replyData)
 		return
 	}
@@ -699,9 +716,17 @@ func (c *conn) login(ctx context.Context, id json.RawMessage, user string, reply
 		c.reply(id, proto.Result("login", "unavailable"))
 		return
 	}
-	c.user = user
+	c.loggedIn(user, replyData)
 	c.reply(id, replyData)
 	c.e.fetchInbox(ctx, user, []*conn{c}, first)
+}
+
+// loggedIn records the bound user, and the friends its login reply lists.
+func (c *conn) loggedIn(user string, reply []byte) {
+	c.user = user
+	line, _, _ := bytes.Cut(reply, []byte("\n"))
+	list, _ := field(line, "friend")
+	c.friends.reset(list)
 }
 
 // offline ends the session but keeps the connection, as the seed client expects.
@@ -731,6 +756,7 @@ func (c *conn) logout(ctx context.Context) {
 	}
 	user := c.user
 	c.user = ""
+	c.friends.reset("")
 	if c.e.unbind(ctx, c, user) {
 		c.e.presence(ctx, user, false)
 	}

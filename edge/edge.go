@@ -998,8 +998,15 @@ func (e *Edge) route(u *userEntry, m *nats.Msg, direct bool) delivery {
 		return d
 	}
 	d.n, d.name = len(u.sessions), u.name
+	friend, befriended := "", false
+	if !d.handedOff {
+		friend, befriended = newFriend(m.Data)
+	}
 	for c := range u.sessions {
 		c.observe(seq)
+		if befriended {
+			c.friends.add(friend)
+		}
 		if once && !c.firstTime(id) {
 			continue // a copy of one it has: delivered all the same
 		}

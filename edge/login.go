@@ -106,8 +106,8 @@ func (c *conn) loginFirst(ctx context.Context, id json.RawMessage, frame []byte,
 	// they are written and removed, rather than write them too.
 	lock := c.e.fetchLock(user)
 	lock.Lock()
-	c.user = user
 	line, stored, _ := bytes.Cut(reply.Data, []byte("\n"))
+	c.loggedIn(user, line)
 	c.reply(id, line)
 	nudged := c.e.activate(u, c)
 	withStored := reply.Header.Get(proto.HdrStored) != ""

@@ -11,15 +11,17 @@ import (
 
 // edgeMetrics is what an edge reports on /metrics.
 type edgeMetrics struct {
-	commands    *metrics.CounterVec
-	latency     *metrics.HistogramVec
-	deliveries  *metrics.CounterVec
-	slow        *metrics.Counter
-	frameErrors *metrics.CounterVec
-	accepted    *metrics.Counter
-	transfers   *metrics.CounterVec
-	fileBytes   *metrics.Counter
-	labels      metrics.Interner // label values read from replies and deliveries
+	commands   *metrics.CounterVec
+	latency    *metrics.HistogramVec
+	deliveries *metrics.CounterVec
+	// Private messages the edge sent itself (see conn.sendDirect).
+	directConfirmed, directUntaken *metrics.Counter
+	slow                           *metrics.Counter
+	frameErrors                    *metrics.CounterVec
+	accepted                       *metrics.Counter
+	transfers                      *metrics.CounterVec
+	fileBytes                      *metrics.Counter
+	labels                         metrics.Interner // label values read from replies and deliveries
 
 	// The dispatcher's: the counter of the kind of line it delivered
 	// last, which is nearly always the kind of the next (a group message
@@ -65,7 +67,12 @@ func newEdgeMetrics(reg *metrics.Registry, e *Edge) *edgeMetrics {
 		}
 		return float64(n)
 	})
+	direct := reg.NewCounterVec("chatd_edge_private_direct_total",
+		"Private messages to a friend the session knew of, sent by the edge to the recipient's subject itself, "+
+			"by outcome: confirmed by the recipient's edge, or untaken (offline, or unconfirmed) and kept by a worker.", "outcome")
 	return &edgeMetrics{
+		directConfirmed: direct.With("confirmed"),
+		directUntaken:   direct.With("untaken"),
 		commands: reg.NewCounterVec("chatd_edge_commands_total",
 			"Client commands answered, by command and result.", "cmd", "result"),
 		latency: reg.NewHistogramVec("chatd_edge_command_seconds",

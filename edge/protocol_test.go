@@ -168,6 +168,8 @@ func TestActingUserMustBeSessionUser(t *testing.T) {
 	}
 	eve.Expect(M{"cmd": "add", "user": "eve", "friend": "bob"}, "success")
 	bob.Want("add_friend_reply")
+	// A friend's name does not make a spoof pass either.
+	eve.Expect(M{"cmd": "private_chat", "user_from": "alice", "user_to": "bob", "text": "spoof"}, "forbidden")
 	eve.Expect(M{"cmd": "private_chat", "user_from": "eve", "user_to": "bob", "text": "real"}, "success")
 	if m := bob.Want("private_chat"); m.Str("user_from") != "eve" || m.Str("text") != "real" {
 		t.Fatalf("bob got %s; a spoofed message came first?", m.Raw)
@@ -611,27 +613,81 @@ func registryMatchesSessions(t *testing.T, deliveries, rounds int, rewritten boo
 // A private message sent while no worker is up waits for one (a rolling
 // restart), and a worker that answers it confirms delivery whether the
 // recipient is on the sender's edge or another.
+// A message the edge cannot deliver itself (here: to a friend who is
+// offline, to be kept) waits for a worker while none is there.
 func TestPrivateChatWaitsForAWorker(t *testing.T) {
 	c := chattest.StartBroker(t, "")
 	dir := t.TempDir()
 	w := c.StartWorker(dir)
-	addr1, addr2 := c.StartEdge().Addr().String(), c.StartEdge().Addr().String()
-	cls := users(t, addr1, "alice", "bob")
+	addr := c.StartEdge().Addr().String()
+	cls := users(t, addr, "alice", "bob")
 	alice, bob := cls[0], cls[1]
-	bob2 := chattest.Dial(t, addr2)
-	bob2.Login("bob", "pw-bob")
 	befriend(t, alice, bob, "bob")
+	bob.Expect(M{"cmd": "offline"}, "success")
 
 	w.Stop()
 	alice.Send(M{"cmd": "private_chat", "user_to": "bob", "text": "anyone?"})
 	time.Sleep(300 * time.Millisecond) // the edge is asking again meanwhile
 	c.StartWorker(dir)
-	if m := alice.Want("private_chat_reply"); m.Str("result") != "success" {
+	if m := alice.Want("private_chat_reply"); m.Str("result") != "offline" {
 		t.Fatalf("got %s", m.Raw)
 	}
+	bob.Login("bob", "pw-bob")
+	if m := bob.Want("private_chat"); m.Str("text") != "anyone?" {
+		t.Fatalf("got %s", m.Raw)
+	}
+}
+
+// Friends chat on while no worker runs: a session knows its user's
+// friends (from the login reply, its own add, another's add_friend_reply)
+// and its edge sends their messages to the recipient's subject itself.
+// Whoever the session does not know as a friend is a worker's to judge.
+func TestFriendsChatWithoutWorkers(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	w := c.StartWorker("")
+	quick := func(o *edge.Options) { o.RequestTimeout = time.Second }
+	addr1, addr2 := c.StartEdge(quick).Addr().String(), c.StartEdge(quick).Addr().String()
+	cls := users(t, addr1, "alice", "bob", "eve")
+	alice, bob, eve := cls[0], cls[1], cls[2]
+	bob2 := chattest.Dial(t, addr2)
+	bob2.Login("bob", "pw-bob")
+	alice.Expect(M{"cmd": "add", "friend": "bob"}, "success") // alice's own add
 	for _, cl := range []*chattest.Client{bob, bob2} {
-		if m := cl.Want("private_chat"); m.Str("text") != "anyone?" {
-			t.Fatalf("got %s", m.Raw)
+		cl.Want("add_friend_reply") // bob's sessions hear of it
+	}
+	carol := chattest.Dial(t, addr2)
+	carol.Register("carol", "pw-carol")
+	carol.Login("carol", "pw-carol")
+	carol.Expect(M{"cmd": "add", "friend": "bob"}, "success")
+	bob.Want("add_friend_reply")
+	bob2.Want("add_friend_reply")
+	carol.Expect(M{"cmd": "offline"}, "success")
+	carol.Login("carol", "pw-carol") // carol's login lists bob
+
+	w.Stop()
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "a→b"}, "success")
+	bob.Expect(M{"cmd": "private_chat", "user_from": "bob", "user_to": "alice", "text": "b→a"}, "success")
+	carol.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "c→b"}, "success")
+	for _, cl := range []*chattest.Client{bob, bob2} {
+		for _, want := range []string{"a→b", "c→b"} {
+			if m := cl.Want("private_chat"); m.Str("text") != want || m.Str("msg_id") == "" || !strings.Contains(m.Raw, `"time":`) {
+				t.Fatalf("bob got %s, want %q", m.Raw, want)
+			}
+		}
+	}
+	if m := alice.Want("private_chat"); m.Str("text") != "b→a" || m.Str("user_from") != "bob" {
+		t.Fatalf("alice got %s", m.Raw)
+	}
+	// Not friends, or not the session's own name: no worker, no message.
+	eve.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "spam"}, "unavailable")
+	carol.Expect(M{"cmd": "private_chat", "user_from": "alice", "user_to": "bob", "text": "spoof"}, "unavailable")
+	carol.Expect(M{"cmd": "private_chat", "user_to": "carol", "text": "self"}, "unavailable")
+	for _, cl := range []*chattest.Client{bob, bob2, alice, carol} {
+		cl.Sync()
+		for _, m := range cl.Pending() {
+			if m.Str("cmd") == "private_chat" {
+				t.Fatalf("got %s", m.Raw)
+			}
 		}
 	}
 }

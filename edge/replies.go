@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/chatd-io/chatd/internal/proto"
 )
@@ -23,6 +24,12 @@ type replies struct {
 	prefix string // subject prefix of every reply to this edge, token last
 	sub    *nats.Subscription
 	next   atomic.Uint64
+
+	// The edge's own hand-offs (see handOff): what the recipient's edge
+	// does not confirm comes back under handoffs, as it would to a worker.
+	handoffID string // this edge's token in proto.HandoffReply subjects
+	handoffs  string // proto.HandoffPrefix + handoffID + "."
+	back      *nats.Subscription
 
 	mu      sync.Mutex
 	waiting map[uint64]*waiter // by the token that ends the reply subject
@@ -104,7 +111,9 @@ func (w *waiter) abandon() {
 }
 
 func newReplies(nc *nats.Conn) (*replies, error) {
-	r := &replies{nc: nc, prefix: nc.NewInbox() + ".", waiting: make(map[uint64]*waiter)}
+	id := nuid.Next()
+	r := &replies{nc: nc, prefix: nc.NewInbox() + ".", waiting: make(map[uint64]*waiter),
+		handoffID: id, handoffs: proto.HandoffPrefix + id + "."}
 	sub, err := nc.Subscribe(r.prefix+"*", r.arrived)
 	if err != nil {
 		return nil, err
@@ -113,11 +122,36 @@ func newReplies(nc *nats.Conn) (*replies, error) {
 	// as large as the deliveries channel's, rather than the default.
 	_ = sub.SetPendingLimits(1<<16, 64<<20)
 	r.sub = sub
+	back, err := nc.Subscribe(r.handoffs+">", r.returned)
+	if err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	_ = back.SetPendingLimits(1<<16, 64<<20)
+	r.back = back
 	return r, nil
 }
 
 // arrived hands a reply that came over NATS to its waiter, if it still waits.
 func (r *replies) arrived(m *nats.Msg) { r.deliver(m.Subject, m) }
+
+// returned tells the waiter of a hand-off that nobody took the message:
+// the server's "no responders", or the message itself from an edge that
+// no longer holds the user. Either way the waiter sees no responders.
+func (r *replies) returned(m *nats.Msg) {
+	tok, ok := proto.HandoffToken(m.Subject, r.handoffs)
+	if !ok {
+		return
+	}
+	w := r.takeToken(tok)
+	if w == nil {
+		return
+	}
+	if len(m.Data) > 0 || m.Header.Get("Status") != "503" {
+		m = &nats.Msg{Subject: m.Subject, Header: nats.Header{"Status": {"503"}}}
+	}
+	w.offer(tok, m)
+}
 
 // confirmLocal reports whether subject is a reply to this edge, and if
 // so confirms to its waiter, without NATS, a private message delivered to
@@ -144,11 +178,16 @@ func (r *replies) take(subject string) (uint64, *waiter) {
 	if err != nil {
 		return 0, nil
 	}
+	return tok, r.takeToken(tok)
+}
+
+// takeToken removes and returns the waiter for tok, if any.
+func (r *replies) takeToken(tok uint64) *waiter {
 	r.mu.Lock()
 	w := r.waiting[tok]
 	delete(r.waiting, tok)
 	r.mu.Unlock()
-	return tok, w
+	return w
 }
 
 // request publishes m with a reply subject of this edge's and waits for
@@ -157,6 +196,19 @@ func (r *replies) take(subject string) (uint64, *waiter) {
 // nil for a new one; a waiter serves one request at a time, and the reply
 // it returns may be reused by its next request.
 func (r *replies) request(m *nats.Msg, wait time.Duration, w *waiter) (*nats.Msg, error) {
+	return r.await(m, wait, w, false)
+}
+
+// handOff publishes a private message m to its recipient's subject the
+// way a worker hands one off (proto.HandoffReply), and waits for the
+// recipient's edge to confirm it, like request: nats.ErrNoResponders
+// says that nobody took it.
+func (r *replies) handOff(m *nats.Msg, wait time.Duration, w *waiter) (*nats.Msg, error) {
+	return r.await(m, wait, w, true)
+}
+
+// await is request, or with handOff, handOff.
+func (r *replies) await(m *nats.Msg, wait time.Duration, w *waiter, handOff bool) (*nats.Msg, error) {
 	if w == nil {
 		w = newWaiter()
 	}
@@ -166,6 +218,9 @@ func (r *replies) request(m *nats.Msg, wait time.Duration, w *waiter) (*nats.Msg
 	r.waiting[tok] = w
 	r.mu.Unlock()
 	m.Reply = r.prefix + strconv.FormatUint(tok, 10)
+	if handOff {
+		m.Reply = proto.HandoffReply(r.handoffID, tok, m.Reply)
+	}
 	if err := r.nc.PublishMsg(m); err != nil {
 		r.forget(tok)
 		w.abandon()
@@ -192,4 +247,7 @@ func (r *replies) forget(tok uint64) {
 	r.mu.Unlock()
 }
 
-func (r *replies) close() { _ = r.sub.Unsubscribe() }
+func (r *replies) close() {
+	_ = r.sub.Unsubscribe()
+	_ = r.back.Unsubscribe()
+}

@@ -311,7 +311,7 @@ func (w *Worker) privateChat(ctx context.Context, c *call) ([]byte, error) {
 	if refusal, err := w.needFriend(ctx, c.user, to); refusal != "" || err != nil {
 		return result(c.cmd, refusal, "user_to", to), err
 	}
-	msg := privateMessage(c.user, to, text, c.msgID)
+	msg := proto.PrivateMessage(c.user, to, text, c.msgID)
 	if c.keep {
 		if err := w.keep(ctx, to, msg); err != nil {
 			return nil, err
@@ -344,17 +344,7 @@ func (w *Worker) quickPrivateChat(c *call) bool {
 	if friends, err := w.store.AreFriends(c.user, to); err != nil || !friends {
 		return false
 	}
-	return w.handOff(c, to, privateMessage(c.user, to, text, c.msgID))
-}
-
-// privateMessage builds the delivered message; id is the edge's choice
-// when it made one (see proto.HdrMsgID).
-func privateMessage(from, to, text, id string) []byte {
-	if id == "" || len(id) > 64 {
-		id = nuid.Next()
-	}
-	return obj("cmd", "private_chat", "user_from", from, "user_to", to, "text", text,
-		"time", time.Now().UnixMilli(), "msg_id", id)
+	return w.handOff(c, to, proto.PrivateMessage(c.user, to, text, c.msgID))
 }
 
 // handOff sends msg to the recipient's edges, which answer the sender's

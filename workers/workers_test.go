@@ -270,42 +270,65 @@ func aliceAndFriends(t *testing.T, friends []string, mod ...func(*workers.Option
 	return c, addr, alice
 }
 
+// askWorker sends from's private message to the workers as an edge does
+// when the session does not know the recipient as a friend, and returns
+// the result.
+func askWorker(t *testing.T, nc *nats.Conn, from, to, text string) string {
+	t.Helper()
+	m := nats.NewMsg(proto.CmdPrefix + "private_chat")
+	m.Header.Set(proto.HdrUser, from)
+	m.Data = proto.Object("cmd", "private_chat", "user_to", to, "text", text)
+	r, err := nc.RequestMsg(m, chattest.Timeout)
+	if err != nil {
+		t.Fatalf("private_chat to %s: %v", to, err)
+	}
+	return proto.StrField(r.Data, "result")
+}
+
 // A private message goes to the recipient's subject and the recipient's
 // edge confirms to the sender. Here something still subscribed to the
 // user's subject (an edge whose last session of the user just ended)
-// sends the message back: the worker keeps it for the user and the
-// sender hears "offline"; the user gets it, once, at the next login.
+// sends the message back: it is kept for the user and the sender hears
+// "offline"; the user gets it, once, at the next login. Whether the
+// worker handed the message off or the sender's edge did.
 func TestReturnedPrivateMessageIsStored(t *testing.T) {
-	c, addr, alice := aliceAndFriends(t, []string{"bob"})
+	for _, byWorker := range []bool{true, false} {
+		t.Run(fmt.Sprint("by worker ", byWorker), func(t *testing.T) {
+			c, addr, alice := aliceAndFriends(t, []string{"bob"})
 
-	stale := c.Conn("stale edge")
-	returned := make(chan string, 1)
-	sub, err := stale.Subscribe(proto.UserSubject("bob"), func(m *nats.Msg) {
-		returned <- m.Reply
-		_ = stale.Publish(m.Reply, m.Data)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stale.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	m := alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "are you there"}, "offline")
-	if m.Str("user_to") != "bob" {
-		t.Fatalf("reply: %s", m.Raw)
-	}
-	if reply := <-returned; !strings.HasPrefix(reply, proto.HandoffPrefix) {
-		t.Fatalf("delivery's reply subject %q is not a handoff", reply)
-	}
-	_ = sub.Unsubscribe()
+			stale := c.Conn("stale edge")
+			returned := make(chan string, 1)
+			sub, err := stale.Subscribe(proto.UserSubject("bob"), func(m *nats.Msg) {
+				returned <- m.Reply
+				_ = stale.Publish(m.Reply, m.Data)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := stale.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if byWorker {
+				if r := askWorker(t, c.Conn("an edge"), "alice", "bob", "are you there"); r != "offline" {
+					t.Fatalf("result %q", r)
+				}
+			} else if m := alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "are you there"}, "offline"); m.Str("user_to") != "bob" {
+				t.Fatalf("reply: %s", m.Raw)
+			}
+			if reply := <-returned; !strings.HasPrefix(reply, proto.HandoffPrefix) {
+				t.Fatalf("delivery's reply subject %q is not a handoff", reply)
+			}
+			_ = sub.Unsubscribe()
 
-	bob := login(t, addr, "bob")
-	if got := bob.Want("private_chat"); got.Str("text") != "are you there" || got.Str("user_from") != "alice" {
-		t.Fatalf("stored message: %s", got.Raw)
-	}
-	bob.Sync()
-	if extra := bob.Pending(); len(extra) != 0 {
-		t.Fatalf("delivered more than once: %v", extra)
+			bob := login(t, addr, "bob")
+			if got := bob.Want("private_chat"); got.Str("text") != "are you there" || got.Str("user_from") != "alice" {
+				t.Fatalf("stored message: %s", got.Raw)
+			}
+			bob.Sync()
+			if extra := bob.Pending(); len(extra) != 0 {
+				t.Fatalf("delivered more than once: %v", extra)
+			}
+		})
 	}
 }
 
@@ -361,11 +384,16 @@ func TestPrivateChatWhileRecipientComesAndGoes(t *testing.T) {
 // kept count returns to zero, for delivered and for stored messages.
 func TestHandedOffMessagesAreForgotten(t *testing.T) {
 	reg := metrics.New()
-	_, addr, alice := aliceAndFriends(t, []string{"bob", "carol"}, func(o *workers.Options) { o.Metrics = reg })
+	c, addr, _ := aliceAndFriends(t, []string{"bob", "carol"}, func(o *workers.Options) { o.Metrics = reg })
 	bob := login(t, addr, "bob")
+	nc := c.Conn("an edge")
 	for i := range 50 {
-		alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": fmt.Sprint(i)}, "success")
-		alice.Expect(M{"cmd": "private_chat", "user_to": "carol", "text": fmt.Sprint(i)}, "offline")
+		if r := askWorker(t, nc, "alice", "bob", fmt.Sprint(i)); r != "success" {
+			t.Fatalf("to bob: %s", r)
+		}
+		if r := askWorker(t, nc, "alice", "carol", fmt.Sprint(i)); r != "offline" {
+			t.Fatalf("to carol: %s", r)
+		}
 	}
 	for range 50 {
 		bob.Want("private_chat")

@@ -55,6 +55,7 @@ func TestMonitoring(t *testing.T) {
 		`chatd_edge_commands_total{cmd="get_group_member",result="group_not_exist"} 1`,
 		`chatd_edge_command_seconds_count{cmd="login"} 2`,
 		`chatd_edge_deliveries_total{cmd="private_chat"} 1`,
+		`chatd_edge_private_direct_total{outcome="confirmed"} 1`,
 		"chatd_edge_registry_write_failures_total 0\n",
 		"chatd_edge_registry_changes_total 2\n",
 	} {
@@ -66,7 +67,6 @@ func TestMonitoring(t *testing.T) {
 		"chatd_worker_ready 1\n",
 		"chatd_worker_log_lag 0\n",
 		`chatd_worker_requests_total{cmd="register",result="success"} 2`,
-		`chatd_worker_private_messages_total{outcome="handed_off"} 1`,
 		`chatd_worker_request_seconds_bucket{cmd="login",le="+Inf"} 2`,
 	} {
 		if !strings.Contains(wm, want) {

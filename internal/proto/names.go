@@ -109,15 +109,16 @@ const (
 	IntFileStored = "file_stored"
 )
 
-// HandoffReply is the reply subject of a delivery a worker hands off: the
-// recipient's edge confirms it by publishing to reply (the subject the
-// sender's edge waits on, see HandoffTarget), and the worker, subscribed
-// to HandoffPrefix+workerID+".>", receives what is not confirmed: the
-// server's "no responders" when nobody holds the user, or the message
-// itself sent back by an edge that no longer does.
-func HandoffReply(workerID string, token uint64, reply string) string {
+// HandoffReply is the reply subject of a private message handed off by a
+// worker, or by the sender's edge itself: the recipient's edge confirms
+// it by publishing to reply (the subject the sender's edge waits on, see
+// HandoffTarget), and the sender of the delivery, subscribed to
+// HandoffPrefix+id+".>", receives what is not confirmed: the server's
+// "no responders" when nobody holds the user, or the message itself sent
+// back by an edge that no longer does.
+func HandoffReply(id string, token uint64, reply string) string {
 	var buf [20]byte
-	return HandoffPrefix + workerID + "." + string(strconv.AppendUint(buf[:0], token, 10)) + "." + reply
+	return HandoffPrefix + id + "." + string(strconv.AppendUint(buf[:0], token, 10)) + "." + reply
 }
 
 // HandoffTarget returns the subject a handed-off delivery is confirmed

@@ -3,7 +3,10 @@ package proto
 import (
 	"encoding/json"
 	"strconv"
+	"time"
 	"unicode/utf8"
+
+	"github.com/nats-io/nuid"
 )
 
 // Object encodes alternating keys and values as a compact JSON object,
@@ -146,4 +149,15 @@ func FieldBytes(obj []byte, key string) []byte {
 		return nil
 	}
 	return nil
+}
+
+// PrivateMessage is the line a private message is delivered as. id is the
+// sending edge's choice (see HdrMsgID); a new one is made when it is
+// empty or too long to be one of ours.
+func PrivateMessage(from, to, text, id string) []byte {
+	if id == "" || len(id) > 64 {
+		id = nuid.Next()
+	}
+	return Object("cmd", "private_chat", "user_from", from, "user_to", to, "text", text,
+		"time", time.Now().UnixMilli(), "msg_id", id)
 }
