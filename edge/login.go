@@ -25,21 +25,28 @@ import (
 // pendingLogin is the login of a user's first session here, between its
 // subscription and the worker's answer.
 type pendingLogin struct {
-	ready  chan struct{} // closed once the login is decided
-	held   []*nats.Msg   // deliveries meanwhile, oldest first
-	nudged bool          // stored messages were announced meanwhile
+	ready     chan struct{} // closed once the login is decided
+	held      []*nats.Msg   // deliveries meanwhile, oldest first
+	heldBytes int           // their size
+	nudged    bool          // stored messages were announced meanwhile
 }
 
-// maxHeld bounds the deliveries a pending login holds; past it they are
-// treated as for a user who is not here.
-const maxHeld = 256
+// maxHeld and maxHeldBytes bound the deliveries a pending login holds,
+// in number and in size, so that many logins at once with large
+// messages coming for them cannot pile up memory; past either bound
+// they are treated as for a user who is not here.
+const (
+	maxHeld      = 256
+	maxHeldBytes = 1 << 20
+)
 
 // hold keeps m for after the login, if there is room. The caller holds e.mu.
 func (p *pendingLogin) hold(m *nats.Msg) bool {
-	if len(p.held) >= maxHeld {
+	if len(p.held) >= maxHeld || p.heldBytes+len(m.Data) > maxHeldBytes {
 		return false
 	}
 	p.held = append(p.held, m)
+	p.heldBytes += len(m.Data)
 	return true
 }
 

@@ -1,6 +1,8 @@
 package edge_test
 
 import (
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -99,6 +101,51 @@ func loginOK(user string, stored ...string) *nats.Msg {
 
 func chatLine(text string) string {
 	return `{"cmd":"private_chat","user_from":"alice","user_to":"bob","text":"` + text + `","msg_id":"` + text + `"}`
+}
+
+// What a pending login holds is bounded in size too: past the bound, a
+// handed-off private message goes back to its worker (to be kept) rather
+// than wait in memory, and what was held is still written.
+func TestLoginHoldsBoundedBytes(t *testing.T) {
+	big := func(n int) string {
+		return string(proto.Object("cmd", "private_chat", "user_from", "alice", "user_to", "bob",
+			"text", strings.Repeat(fmt.Sprint(n), 400<<10), "msg_id", fmt.Sprint("m", n)))
+	}
+	s, addr := startStandIn(t, func(s *standIn, m *nats.Msg) *nats.Msg {
+		for i := 1; i <= 3; i++ {
+			s.publish("bob", proto.HandoffReply("w1", uint64(i), "test.sender"), "", big(i))
+		}
+		time.Sleep(pause)
+		return loginOK("bob")
+	}, "")
+	back, err := s.nc.SubscribeSync(proto.HandoffPrefix + "w1.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	cl := chattest.Dial(t, addr)
+	cl.Expect(M{"cmd": "login", "user": "bob", "password": "pw"}, "success")
+	for _, want := range []string{"m1", "m2"} {
+		if m := cl.Want("private_chat"); m.Str("msg_id") != want {
+			t.Fatalf("got %s, want %s", m.Str("msg_id"), want)
+		}
+	}
+	m, err := back.NextMsg(chattest.Timeout)
+	if err != nil {
+		t.Fatalf("the message past the bound was not returned: %v", err)
+	}
+	if tok, ok := proto.HandoffToken(m.Subject, proto.HandoffPrefix+"w1."); !ok || tok != 3 || string(m.Data) != big(3) {
+		t.Fatalf("returned %s", m.Subject)
+	}
+	cl.Sync()
+	for _, m := range cl.Pending() {
+		if m.Str("cmd") == "private_chat" {
+			t.Fatalf("written as well: %s", m.Str("msg_id"))
+		}
+	}
 }
 
 // What reaches a user's subject while the user's first session here is
