@@ -365,14 +365,21 @@ func (mb *member) message(line []byte) {
 func (mb *member) reply(line []byte) {
 	r, f := mb.run, &mb.f
 	s := mb.own
-	switch {
-	case s == nil:
+	if s == nil {
 		r.m.Error("unexpected_reply", "user", mb.name, "line", cut(line))
 		return
+	}
+	// A sender's replies come in the order of its messages, whose
+	// sequence numbers start at 1: this is the reply to message n.
+	n := s.fl.replies.Add(1)
+	switch {
+	case string(f.Result) == "rate_limited":
+		// The server's per-connection allowance: the message went nowhere.
+		r.m.Error(r.reply+":rate_limited", "user", mb.name)
+		s.fl.refused(n)
 	case string(f.Result) != "success":
 		r.m.Error(r.reply+":"+string(f.Result), "user", mb.name, "line", cut(line))
 	case r.group == nil && !bytes.Equal(f.UserTo, s.to):
 		r.m.Error("reply_without_user_to", "user", mb.name, "line", cut(line))
 	}
-	s.fl.replies.Add(1)
 }

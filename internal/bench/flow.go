@@ -96,6 +96,30 @@ func (f *flow) receipt(seq int64) bool {
 	}
 }
 
+// refused records that message seq was turned away (rate_limited): no
+// recipient will read it, so its slot is freed at once rather than after
+// a stall.
+func (f *flow) refused(seq int64) {
+	if seq < 1 || seq > f.sent.Load() {
+		return
+	}
+	s := &f.slots[seq%f.w]
+	for {
+		v := s.Load()
+		if v>>remBits != uint64(seq) || v&remMask == 0 {
+			return
+		}
+		if s.CompareAndSwap(v, v&^remMask) {
+			f.forgiven.Add(1)
+			select {
+			case f.wake <- struct{}{}:
+			default:
+			}
+			return
+		}
+	}
+}
+
 // settled reports whether everything sent has arrived and been answered.
 func (f *flow) settled() bool {
 	return f.inFlight() == 0 && f.replies.Load() >= f.sent.Load()

@@ -76,3 +76,36 @@ func TestFlowStallIsWrittenOff(t *testing.T) {
 		t.Fatalf("after drain: %v", kinds)
 	}
 }
+
+// A refused message frees its slot at once, without waiting for a stall,
+// and a receipt for it afterwards does not count.
+func TestFlowRefusedFreesItsSlot(t *testing.T) {
+	m := newMeter("t", "msg", quietLogger())
+	f := newFlow(1, 2)
+	tm := time.NewTimer(time.Hour)
+	tm.Stop()
+	ctx := context.Background()
+	if seq, _ := f.next(ctx, time.Hour, tm, m, "x"); seq != 1 {
+		t.Fatalf("seq %d", seq)
+	}
+	f.refused(2) // not sent: nothing happens
+	if f.inFlight() != 1 {
+		t.Fatalf("in flight %d after refusing an unsent message", f.inFlight())
+	}
+	f.refused(1)
+	if f.inFlight() != 0 || f.receipt(1) {
+		t.Fatalf("in flight %d after the refusal, or its receipt counted", f.inFlight())
+	}
+	done := make(chan int64)
+	go func() {
+		seq, _ := f.next(ctx, time.Hour, tm, m, "x") // an hour's stall would fail the test's deadline
+		done <- seq
+	}()
+	if seq := <-done; seq != 2 {
+		t.Fatalf("next = %d", seq)
+	}
+	f.refused(1) // late, for a reused slot: seq 2 stays in flight
+	if f.inFlight() != 1 || !f.receipt(2) {
+		t.Fatalf("in flight %d; a late refusal of 1 touched 2's slot", f.inFlight())
+	}
+}
