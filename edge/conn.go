@@ -58,6 +58,7 @@ type conn struct {
 	user    string        // bound user; only the read loop touches it
 	friends friendSet     // user's friends, as far as this session knows
 	started time.Time     // when the request being handled was read
+	allow   bucket        // requests allowed (Options.RateLimit)
 	seen    atomic.Uint64 // highest log sequence this session has observed
 	wait    *waiter       // the read loop's, for its requests; nil while parked
 	out     []byte        // the read loop's buffer for reply lines; nil while parked
@@ -594,6 +595,10 @@ func (c *conn) handle(frame []byte) {
 		}
 	})
 	cmd, ok := proto.String(rawCmd)
+	if o := &c.e.opts; o.RateLimit > 0 && !c.allow.take(c.started, o.RateLimit, o.RateBurst) {
+		c.limited(id, cmd) // a broken object counts too: it costs a reply
+		return
+	}
 	if err != nil || !ok {
 		c.send(errorLine("invalid", ""))
 		return
@@ -612,6 +617,17 @@ func (c *conn) handle(frame []byte) {
 	default:
 		c.forward(cmd, id, frame)
 	}
+}
+
+// limited answers a request over the connection's allowance. A command
+// the edge does not know gets an error line, as it would anyway, so that
+// the reply's command, a metrics label, is never the client's invention.
+func (c *conn) limited(id json.RawMessage, cmd string) {
+	if cmd == "ping" || workerCommand(cmd) || cmd == "offline" || cmd == "send_file" {
+		c.reply(id, proto.Result(cmd, "rate_limited"))
+		return
+	}
+	c.reply(id, errorLine("rate_limited", ""))
 }
 
 // forward sends the request to a worker and writes the reply.

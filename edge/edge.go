@@ -55,6 +55,12 @@ type Options struct {
 	// OutQueue is how many messages may wait for a slow client before it
 	// is disconnected.
 	OutQueue int
+	// RateLimit is the requests per second each client connection may
+	// send on average, RateBurst how many at once (zero: a second's
+	// worth); past them a request is answered "rate_limited" and goes no
+	// further. Zero RateLimit: no limit.
+	RateLimit float64
+	RateBurst int
 	// WriteTimeout disconnects a client whose socket accepts nothing for this long.
 	WriteTimeout time.Duration
 	// KeepAlive is the idle time before TCP keepalive probes start; a peer
@@ -107,6 +113,9 @@ func (o *Options) setDefaults() {
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = 10 * time.Second
 	}
+	if o.RateLimit > 0 && o.RateBurst < 1 {
+		o.RateBurst = max(1, int(o.RateLimit))
+	}
 	if o.KeepAlive == 0 {
 		o.KeepAlive = 30 * time.Second
 	}
@@ -135,6 +144,9 @@ func (o *Options) setDefaults() {
 
 // Validate reports options that cannot work.
 func (o Options) Validate() error {
+	if !(o.RateLimit >= 0) || o.RateBurst < 0 { // NaN too
+		return fmt.Errorf("edge: client rate %g with burst %d: neither may be negative or NaN", o.RateLimit, o.RateBurst)
+	}
 	if o.FilePortLo != 0 || o.FilePortHi != 0 {
 		if o.FilePortLo < 1 || o.FilePortHi > 65535 || o.FilePortLo > o.FilePortHi {
 			return fmt.Errorf("edge: file port range %d-%d is not within 1-65535, low to high", o.FilePortLo, o.FilePortHi)

@@ -832,3 +832,45 @@ func TestPrivateMessageCopyNotWrittenTwice(t *testing.T) {
 		t.Fatalf("bob got %s, want the next message", m.Raw)
 	}
 }
+
+// A client over its allowance of requests is told so, request by
+// request, and the request goes nowhere; other clients keep theirs.
+func TestRateLimit(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	// A token back every 100 s: nothing refills while the test runs.
+	addr := c.StartEdge(func(o *edge.Options) { o.RateLimit, o.RateBurst = 0.01, 5 }).Addr().String()
+	cls := users(t, addr, "alice", "bob") // register, login, ping: three of each's five
+	alice, bob := cls[0], cls[1]
+	befriend(t, alice, bob, "bob")                                                    // four
+	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "in"}, "success") // five: the last
+	bob.Want("private_chat")
+	for _, tc := range []struct {
+		req  M
+		cmd  string
+		want string
+	}{
+		{M{"cmd": "private_chat", "user_to": "bob", "text": "over"}, "private_chat_reply", "rate_limited"},
+		{M{"cmd": "group_chat", "group": "g", "text": "over"}, "group_chat_reply", "rate_limited"},
+		{M{"cmd": "ping", "id": 7}, "ping_reply", "rate_limited"},
+		{M{"cmd": "no such"}, "error", "rate_limited"},
+		{M{"text": "no cmd"}, "error", "rate_limited"},
+	} {
+		alice.Send(tc.req)
+		if m := alice.Want(tc.cmd); m.Str("result") != tc.want || (tc.req["id"] != nil && m.Fields["id"] != float64(7)) {
+			t.Fatalf("%v: got %s", tc.req, m.Raw)
+		}
+	}
+	// bob's allowance is his own: two of his five are left, for a message
+	// and the ping of Sync.
+	bob.Expect(M{"cmd": "private_chat", "user_to": "alice", "text": "mine"}, "success")
+	if m := alice.Want("private_chat"); m.Str("text") != "mine" {
+		t.Fatalf("alice got %s", m.Raw)
+	}
+	bob.Sync()
+	for _, m := range bob.Pending() {
+		if m.Str("cmd") == "private_chat" {
+			t.Fatalf("a refused message arrived: %s", m.Raw)
+		}
+	}
+}

@@ -40,7 +40,9 @@ all() {
 	pids=()
 	local name=$1
 	shift
-	start "$name" all --data "$(mktemp -d)" --listen 127.0.0.1:18000 --http '' --metrics '' "$@"
+	# No per-connection request limit: each generator connection sends
+	# thousands of requests a second, far past the default allowance.
+	start "$name" all --data "$(mktemp -d)" --listen 127.0.0.1:18000 --http '' --metrics '' --client-rate 0 "$@"
 	server=${pids[-1]}
 }
 

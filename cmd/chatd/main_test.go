@@ -164,6 +164,8 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		{[]string{"all", "--argon2-memory", "4KiB"}, nil, "argon2 memory"},
 		{[]string{"edge", "--idle-after", "-1s"}, nil, "idle after is negative"},
 		{[]string{"all", "--delivery-conns", "-1"}, nil, "--delivery-conns -1 is not within"},
+		{[]string{"edge", "--client-rate", "-5"}, nil, "client rate -5 with burst 200: neither may be negative"},
+		{[]string{"all"}, []string{"CHATD_CLIENT_RATE=NaN"}, "client rate NaN"},
 		{[]string{"edge"}, []string{"CHATD_DELIVERY_CONNS=1000"}, "--delivery-conns 1000 is not within"},
 		{[]string{"all"}, []string{"CHATD_REQUEST_TIMEOUT=soon"}, "CHATD_REQUEST_TIMEOUT"},
 		{[]string{"all", "--log-level", "loud"}, nil, "--log-level"},
