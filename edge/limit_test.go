@@ -39,3 +39,12 @@ func TestBucket(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkBucketTake is the cost the allowance adds to every request.
+func BenchmarkBucketTake(b *testing.B) {
+	var bk bucket
+	now := time.Now()
+	for i := range b.N {
+		bk.take(now.Add(time.Duration(i)*time.Microsecond), 1e6, 1000)
+	}
+}
