@@ -62,6 +62,9 @@ type conn struct {
 	seen    atomic.Uint64 // highest log sequence this session has observed
 	wait    *waiter       // the read loop's, for its requests; nil while parked
 	out     []byte        // the read loop's buffer for reply lines; nil while parked
+	// While a login is handled (watchLogin), whether its reply said the
+	// name or the password was wrong (Options.LoginFailures).
+	watchLogin, loginFailed bool
 
 	// The write attempt under way (see tryWrite); only the holder of busy
 	// touches these. attemptFn is attempt, bound once: a closure made per
@@ -614,9 +617,38 @@ func (c *conn) handle(frame []byte) {
 		c.offline(id, frame)
 	case cmd == "send_file":
 		c.sendFile(id, frame)
+	case cmd == "login" && c.e.failures != nil:
+		c.loginLimited(id, frame)
 	default:
 		c.forward(cmd, id, frame)
 	}
+}
+
+// loginLimited is a login from an address whose failed logins are
+// counted: refused before anything is hashed once it has failed too
+// often, and counted if it fails.
+func (c *conn) loginLimited(id json.RawMessage, frame []byte) {
+	addr := c.sock.RemoteAddr()
+	if !c.e.failures.allowed(addr, c.started) {
+		c.reply(id, proto.Result("login", "rate_limited"))
+		return
+	}
+	c.watchLogin, c.loginFailed = true, false
+	c.forward("login", id, frame)
+	c.watchLogin = false
+	if c.loginFailed {
+		c.e.failures.failed(addr, time.Now())
+	}
+}
+
+// wrongLogin reports whether body is a login reply that refused the name
+// or the password.
+func wrongLogin(body []byte) bool {
+	if string(proto.FieldBytes(body, "cmd")) != "login_reply" {
+		return false
+	}
+	r := string(proto.FieldBytes(body, "result"))
+	return r == "password_error" || r == "user_not_exist"
 }
 
 // limited answers a request over the connection's allowance. A command
@@ -782,6 +814,9 @@ func (c *conn) logout(ctx context.Context) {
 // Only the read loop replies: the line is built in its buffer.
 func (c *conn) reply(id json.RawMessage, body []byte) {
 	c.e.metrics.reply(body, time.Since(c.started))
+	if c.watchLogin {
+		c.loginFailed = wrongLogin(body)
+	}
 	c.out = appendWithID(c.out[:0], body, id)
 	c.sendNow(c.out, true)
 	c.out = keepable(c.out)

@@ -61,6 +61,11 @@ type Options struct {
 	// further. Zero RateLimit: no limit.
 	RateLimit float64
 	RateBurst int
+	// LoginFailures is how many failed logins (a wrong name or password)
+	// a client address may make per minute, at most that many at once;
+	// past it the address's logins are answered "rate_limited" before any
+	// password is hashed. IPv6 addresses count by /64. Zero: no limit.
+	LoginFailures float64
 	// WriteTimeout disconnects a client whose socket accepts nothing for this long.
 	WriteTimeout time.Duration
 	// KeepAlive is the idle time before TCP keepalive probes start; a peer
@@ -144,6 +149,9 @@ func (o *Options) setDefaults() {
 
 // Validate reports options that cannot work.
 func (o Options) Validate() error {
+	if !(o.LoginFailures >= 0) { // NaN too
+		return fmt.Errorf("edge: %g failed logins a minute: may not be negative or NaN", o.LoginFailures)
+	}
 	if !(o.RateLimit >= 0) || o.RateBurst < 0 { // NaN too
 		return fmt.Errorf("edge: client rate %g with burst %d: neither may be negative or NaN", o.RateLimit, o.RateBurst)
 	}
@@ -165,11 +173,12 @@ func (o Options) Validate() error {
 
 // Edge is a running client listener.
 type Edge struct {
-	opts Options
-	log  *slog.Logger
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	ln   net.Listener
+	opts     Options
+	log      *slog.Logger
+	failures *loginFailures // nil: failed logins are not limited
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	ln       net.Listener
 	// subs carry the users' subscriptions, and their session registry
 	// writes (see deliveryConn): Options.Deliveries, or Conn alone.
 	// settled[i] is subs[i]'s reconnect count when the server was last
@@ -233,6 +242,7 @@ func New(opts Options) (*Edge, error) {
 		return nil, fmt.Errorf("edge: jetstream: %w", err)
 	}
 	e := &Edge{
+		failures:   newLoginFailures(opts.LoginFailures),
 		opts:       opts,
 		log:        opts.Logger,
 		nc:         opts.Conn,

@@ -874,3 +874,35 @@ func TestRateLimit(t *testing.T) {
 		}
 	}
 }
+
+// Failed logins from one address are limited across its connections,
+// before any password is hashed; successes cost nothing, and another
+// address is not held back.
+func TestLoginFailuresLimited(t *testing.T) {
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	addr := c.StartEdge(func(o *edge.Options) { o.LoginFailures = 3 }).Addr().String()
+	users(t, addr, "alice")
+	for range 5 { // successes: nothing spent
+		chattest.Dial(t, addr).Login("alice", "pw-alice")
+	}
+	guesser := chattest.Dial(t, addr)
+	for _, req := range []M{
+		{"cmd": "login", "user": "alice", "password": "guess1"},
+		{"cmd": "login", "user": "alice", "password": "guess2"},
+		{"cmd": "login", "user": "nobody", "password": "guess3"},
+	} {
+		if m := guesser.Result(req); m.Str("result") == "success" || m.Str("result") == "rate_limited" {
+			t.Fatalf("%v: %s", req, m.Raw)
+		}
+	}
+	// The next, on a new connection and with the right password: refused.
+	chattest.Dial(t, addr).Expect(M{"cmd": "login", "user": "alice", "password": "pw-alice"}, "rate_limited")
+	guesser.Expect(M{"cmd": "login", "user": "alice", "password": "guess4"}, "rate_limited")
+
+	other, err := net.ResolveTCPAddr("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chattest.DialFrom(t, other, addr).Login("alice", "pw-alice")
+}

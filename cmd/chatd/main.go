@@ -266,6 +266,7 @@ type edgeFlags struct {
 	deliveryConns  int
 	clientRate     float64
 	clientBurst    int
+	loginFailures  float64
 }
 
 func (f *edgeFlags) register(fs *flagSet, listen string, withDomain bool) {
@@ -282,6 +283,7 @@ func (f *edgeFlags) register(fs *flagSet, listen string, withDomain bool) {
 	fs.DurationVar(&f.idleAfter, "idle-after", 5*time.Second, "silence after which a connection is parked: no goroutine until it speaks (Linux)")
 	fs.Float64Var(&f.clientRate, "client-rate", 100, "requests per second each client connection may send on average; past it they are answered \"rate_limited\"; 0: no limit")
 	fs.IntVar(&f.clientBurst, "client-burst", 200, "requests a client connection may send at once within --client-rate; 0: a second's worth")
+	fs.Float64Var(&f.loginFailures, "login-failures", 30, "failed logins a client address (IPv6: its /64) may make per minute, that many at once; past it its logins are answered \"rate_limited\" before any password is hashed; 0: no limit")
 	fs.IntVar(&f.deliveryConns, "delivery-conns", 1, "NATS connections for the users' deliveries, apart from the one for requests and replies; 0: that one carries them too")
 	if withDomain {
 		fs.StringVar(&f.jsDomain, "js-domain", "", "JetStream domain of the hub, for an edge in a leaf region")
@@ -306,7 +308,7 @@ func (f *edgeFlags) options(nc *nats.Conn, name string, reg *metrics.Registry, l
 	return edge.Options{Listen: f.listen, Conn: nc, Name: name, MaxFrame: f.maxFrame,
 		RequestTimeout: f.requestTimeout, FilePortLo: f.filePorts.lo, FilePortHi: f.filePorts.hi,
 		FileTimeout: f.fileTimeout, FileMaxSize: int64(f.fileMax), Heartbeat: f.heartbeat, IdleAfter: f.idleAfter, KeepAlive: f.keepAlive, JetStreamDomain: f.jsDomain,
-		RateLimit: f.clientRate, RateBurst: f.clientBurst, Metrics: reg, Version: version, Logger: log.With("role", "edge")}
+		RateLimit: f.clientRate, RateBurst: f.clientBurst, LoginFailures: f.loginFailures, Metrics: reg, Version: version, Logger: log.With("role", "edge")}
 }
 
 // workerFlags configure the command handlers.

@@ -166,6 +166,7 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		{[]string{"all", "--delivery-conns", "-1"}, nil, "--delivery-conns -1 is not within"},
 		{[]string{"edge", "--client-rate", "-5"}, nil, "client rate -5 with burst 200: neither may be negative"},
 		{[]string{"all"}, []string{"CHATD_CLIENT_RATE=NaN"}, "client rate NaN"},
+		{[]string{"edge", "--login-failures", "-1"}, nil, "-1 failed logins a minute: may not be negative"},
 		{[]string{"edge"}, []string{"CHATD_DELIVERY_CONNS=1000"}, "--delivery-conns 1000 is not within"},
 		{[]string{"all"}, []string{"CHATD_REQUEST_TIMEOUT=soon"}, "CHATD_REQUEST_TIMEOUT"},
 		{[]string{"all", "--log-level", "loud"}, nil, "--log-level"},

@@ -181,7 +181,14 @@ type Client struct {
 // Dial connects a client to addr.
 func Dial(t testing.TB, addr string) *Client {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, Timeout)
+	return DialFrom(t, nil, addr)
+}
+
+// DialFrom is Dial from local address from (nil: any), such as another
+// loopback address for a client that must look like another host's.
+func DialFrom(t testing.TB, from net.Addr, addr string) *Client {
+	t.Helper()
+	conn, err := (&net.Dialer{Timeout: Timeout, LocalAddr: from}).Dial("tcp", addr)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
