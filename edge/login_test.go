@@ -118,13 +118,7 @@ func TestLoginHoldsBoundedBytes(t *testing.T) {
 		time.Sleep(pause)
 		return loginOK("bob")
 	}, "")
-	back, err := s.nc.SubscribeSync(proto.HandoffPrefix + "w1.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	back := s.handedBack(t, "w1")
 
 	cl := chattest.Dial(t, addr)
 	cl.Expect(M{"cmd": "login", "user": "bob", "password": "pw"}, "success")
@@ -209,13 +203,7 @@ func TestFailedLoginHandsBackWhatCameMeanwhile(t *testing.T) {
 		time.Sleep(pause)
 		return &nats.Msg{Data: []byte(`{"cmd":"login_reply","result":"password_error"}`)}
 	}, "")
-	back, err := s.nc.SubscribeSync(proto.HandoffPrefix + "w1.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	back := s.handedBack(t, "w1")
 
 	cl := chattest.Dial(t, addr)
 	cl.Expect(M{"cmd": "login", "user": "bob", "password": "wrong"}, "password_error")
@@ -310,4 +298,18 @@ func TestSecondLoginWaitsForTheFirst(t *testing.T) {
 			}
 		})
 	}
+}
+
+// handedBack subscribes to the private messages edges hand back to the
+// worker named worker, as that worker would.
+func (s *standIn) handedBack(t *testing.T, worker string) *nats.Subscription {
+	t.Helper()
+	back, err := s.nc.SubscribeSync(proto.HandoffPrefix + worker + ".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return back
 }

@@ -10,11 +10,16 @@ import (
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func TestFlowWindowAndReceipts(t *testing.T) {
-	m := newMeter("t", "msg", quietLogger())
-	f := newFlow(2, 3)
+// testFlow is a flow of window and fanout with a quiet meter and a
+// stopped timer for its next.
+func testFlow(window, fanout int) (*Meter, *flow, *time.Timer) {
 	tm := time.NewTimer(time.Hour)
 	tm.Stop()
+	return newMeter("t", "msg", quietLogger()), newFlow(window, fanout), tm
+}
+
+func TestFlowWindowAndReceipts(t *testing.T) {
+	m, f, tm := testFlow(2, 3)
 	ctx := context.Background()
 	s1, ok1 := f.next(ctx, time.Second, tm, m, "x")
 	s2, ok2 := f.next(ctx, time.Second, tm, m, "x")
@@ -50,10 +55,7 @@ func TestFlowWindowAndReceipts(t *testing.T) {
 }
 
 func TestFlowStallIsWrittenOff(t *testing.T) {
-	m := newMeter("t", "msg", quietLogger())
-	f := newFlow(1, 1)
-	tm := time.NewTimer(time.Hour)
-	tm.Stop()
+	m, f, tm := testFlow(1, 1)
 	ctx := context.Background()
 	if seq, _ := f.next(ctx, time.Second, tm, m, "x"); seq != 1 {
 		t.Fatalf("seq %d", seq)
@@ -80,10 +82,7 @@ func TestFlowStallIsWrittenOff(t *testing.T) {
 // A refused message frees its slot at once, without waiting for a stall,
 // and a receipt for it afterwards does not count.
 func TestFlowRefusedFreesItsSlot(t *testing.T) {
-	m := newMeter("t", "msg", quietLogger())
-	f := newFlow(1, 2)
-	tm := time.NewTimer(time.Hour)
-	tm.Stop()
+	m, f, tm := testFlow(1, 2)
 	ctx := context.Background()
 	if seq, _ := f.next(ctx, time.Hour, tm, m, "x"); seq != 1 {
 		t.Fatalf("seq %d", seq)
