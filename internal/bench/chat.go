@@ -375,7 +375,8 @@ func (mb *member) reply(line []byte) {
 	switch {
 	case string(f.Result) == "rate_limited":
 		// The server's per-connection allowance: the message went nowhere.
-		r.m.Error(r.reply+":rate_limited", "user", mb.name)
+		r.m.Error(r.reply+":rate_limited", "user", mb.name,
+			"hint", "the server limits each connection's requests; chatd measures with --client-rate 0")
 		s.fl.refused(n)
 	case string(f.Result) != "success":
 		r.m.Error(r.reply+":"+string(f.Result), "user", mb.name, "line", cut(line))
