@@ -147,13 +147,17 @@ func (o *Options) setDefaults() {
 	}
 }
 
+// maxAllowance bounds the rates of Options.RateLimit and LoginFailures.
+const maxAllowance = 1e9
+
 // Validate reports options that cannot work.
 func (o Options) Validate() error {
-	if !(o.LoginFailures >= 0) { // NaN too
-		return fmt.Errorf("edge: %g failed logins a minute: may not be negative or NaN", o.LoginFailures)
+	// Bounded above too: the allowances are counted in ints.
+	if !(o.LoginFailures >= 0 && o.LoginFailures <= maxAllowance) { // NaN too
+		return fmt.Errorf("edge: %g failed logins a minute: not within 0-%g", o.LoginFailures, float64(maxAllowance))
 	}
-	if !(o.RateLimit >= 0) || o.RateBurst < 0 { // NaN too
-		return fmt.Errorf("edge: client rate %g with burst %d: neither may be negative or NaN", o.RateLimit, o.RateBurst)
+	if !(o.RateLimit >= 0 && o.RateLimit <= maxAllowance) || o.RateBurst < 0 {
+		return fmt.Errorf("edge: client rate %g with burst %d: the rate is not within 0-%g, or the burst is negative", o.RateLimit, o.RateBurst, float64(maxAllowance))
 	}
 	if o.FilePortLo != 0 || o.FilePortHi != 0 {
 		if o.FilePortLo < 1 || o.FilePortHi > 65535 || o.FilePortLo > o.FilePortHi {
