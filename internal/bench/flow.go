@@ -73,7 +73,18 @@ func (f *flow) next(ctx context.Context, stall time.Duration, t *time.Timer, m *
 // receipt records that one recipient read message seq. It returns false
 // for a message that is not in flight (a duplicate, or one that arrived
 // after it was written off).
-func (f *flow) receipt(seq int64) bool {
+func (f *flow) receipt(seq int64) bool { return f.settle(seq, false, &f.done) }
+
+// refused records that message seq was turned away (rate_limited): no
+// recipient will read it, so its slot is freed at once rather than after
+// a stall.
+func (f *flow) refused(seq int64) { f.settle(seq, true, &f.forgiven) }
+
+// settle takes one recipient (all: every one left) off message seq if it
+// is in flight, and reports whether it was. When that frees the slot, the
+// message is counted in freed and then the sender woken: in that order,
+// so that the sender sees the room it is woken for.
+func (f *flow) settle(seq int64, all bool, freed *atomic.Int64) bool {
 	if seq < 1 || seq > f.sent.Load() {
 		return false
 	}
@@ -83,39 +94,19 @@ func (f *flow) receipt(seq int64) bool {
 		if v>>remBits != uint64(seq) || v&remMask == 0 {
 			return false
 		}
-		if s.CompareAndSwap(v, v-1) {
-			if (v-1)&remMask == 0 {
-				f.done.Add(1)
+		left := v - 1
+		if all {
+			left = v &^ remMask
+		}
+		if s.CompareAndSwap(v, left) {
+			if left&remMask == 0 {
+				freed.Add(1)
 				select {
 				case f.wake <- struct{}{}:
 				default:
 				}
 			}
 			return true
-		}
-	}
-}
-
-// refused records that message seq was turned away (rate_limited): no
-// recipient will read it, so its slot is freed at once rather than after
-// a stall.
-func (f *flow) refused(seq int64) {
-	if seq < 1 || seq > f.sent.Load() {
-		return
-	}
-	s := &f.slots[seq%f.w]
-	for {
-		v := s.Load()
-		if v>>remBits != uint64(seq) || v&remMask == 0 {
-			return
-		}
-		if s.CompareAndSwap(v, v&^remMask) {
-			f.forgiven.Add(1)
-			select {
-			case f.wake <- struct{}{}:
-			default:
-			}
-			return
 		}
 	}
 }
