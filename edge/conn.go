@@ -162,6 +162,12 @@ func workerCommand(cmd string) bool {
 	return false
 }
 
+// knownCommand reports whether the edge answers cmd itself or has a
+// worker answer it.
+func knownCommand(cmd string) bool {
+	return cmd == "ping" || cmd == "offline" || cmd == "send_file" || workerCommand(cmd)
+}
+
 // allowedBeforeLogin reports commands a connection without a session may send.
 func allowedBeforeLogin(cmd string) bool {
 	return cmd == "register" || cmd == "login" || cmd == "ping"
@@ -609,7 +615,7 @@ func (c *conn) handle(frame []byte) {
 	switch {
 	case cmd == "ping":
 		c.reply(id, []byte(`{"cmd":"pong"}`))
-	case !workerCommand(cmd) && cmd != "offline" && cmd != "send_file":
+	case !knownCommand(cmd):
 		c.reply(id, errorLine("unknown_cmd", cmd))
 	case c.user == "" && !allowedBeforeLogin(cmd):
 		c.reply(id, proto.Result(cmd, "not_logged_in"))
@@ -655,7 +661,7 @@ func wrongLogin(body []byte) bool {
 // the edge does not know gets an error line, as it would anyway, so that
 // the reply's command, a metrics label, is never the client's invention.
 func (c *conn) limited(id json.RawMessage, cmd string) {
-	if cmd == "ping" || workerCommand(cmd) || cmd == "offline" || cmd == "send_file" {
+	if knownCommand(cmd) {
 		c.reply(id, proto.Result(cmd, "rate_limited"))
 		return
 	}

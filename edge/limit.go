@@ -118,9 +118,7 @@ func (l *loginFailures) failed(addr net.Addr, now time.Time) {
 		b = &bucket{}
 		l.by[k] = b
 	}
-	if b.level(now, l.rate, l.burst) >= 1 {
-		b.tokens--
-	}
+	b.take(now, l.rate, l.burst) // none left: nothing more to spend
 }
 
 // sweep forgets the addresses whose allowance is whole again, at most
