@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -114,6 +115,11 @@ func TestScenariosAgainstChatd(t *testing.T) {
 			// The pids were read from /proc, so /proc/stat is there too.
 			if p := r.HostStealPct; p == nil || *p < 0 || *p > 100 || !strings.Contains(lines[0], fmt.Sprintf(" host steal=%.0f%%", *p)) {
 				t.Errorf("host steal %v not in the result or the summary", p)
+			}
+			// The generator did the scenario's client side, so it used CPU.
+			genCPU := regexp.MustCompile(`  generator cpu=[0-9.]+(µs|ms)/` + tt.unit + ` \([0-9.]+ cores\)`)
+			if g := r.GeneratorCPUSeconds; g <= 0 || !genCPU.MatchString(lines[0]) {
+				t.Errorf("generator cpu %v s not in the result, or not as such in the summary", g)
 			}
 			svg, err := os.ReadFile(svgPath)
 			if err != nil {

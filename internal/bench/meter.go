@@ -216,6 +216,9 @@ type window struct {
 	// machine's CPU time (see hostCPU), when stealOK.
 	steal   float64
 	stealOK bool
+	// self is the generator's own CPU time over the period, when selfOK.
+	self   time.Duration
+	selfOK bool
 }
 
 // measure runs the warm-up and the measured period. A cancelled ctx ends
@@ -240,11 +243,14 @@ func (m *Meter) measureWhile(ctx context.Context, env *Env, warmup time.Duration
 	}
 	m.setPhase(phaseMeasure)
 	h0, herr0 := readHostCPU()
+	self0, ok0 := selfCPU()
 	start, c0 := time.Now(), m.total.Load()
 	m.on.Store(true)
 	w.interrupted = !body()
 	m.on.Store(false)
 	w.elapsed, w.count = time.Since(start), m.total.Load()-c0
+	self1, ok1 := selfCPU()
+	w.self, w.selfOK = self1-self0, ok0 && ok1
 	h1, herr1 := readHostCPU()
 	w.steal, w.stealOK = stealPercent(h0, h1, herr0, herr1)
 	m.setPhase(phaseDrain)

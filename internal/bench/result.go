@@ -28,10 +28,14 @@ type Result struct {
 	// HostStealPct is the share of the machine's CPU time a hypervisor
 	// gave to others during the measured period (Linux guests): at 20 %
 	// the same work shows fewer events and more CPU per event.
-	HostStealPct *float64       `json:"host_steal_pct,omitempty"`
-	Extra        map[string]any `json:"extra,omitempty"`
-	Interrupted  bool           `json:"interrupted,omitempty"`
-	Summary      string         `json:"summary"`
+	HostStealPct *float64 `json:"host_steal_pct,omitempty"`
+	// GeneratorCPUSeconds is the generator's own CPU time over the
+	// measured period. It shares the machine with a local server: what it
+	// takes, the server cannot have.
+	GeneratorCPUSeconds float64        `json:"generator_cpu_seconds,omitempty"`
+	Extra               map[string]any `json:"extra,omitempty"`
+	Interrupted         bool           `json:"interrupted,omitempty"`
+	Summary             string         `json:"summary"`
 
 	hist *Histogram
 	// serverWhat names what Server measured in the summary line.
@@ -197,6 +201,10 @@ func (r *Result) fill(m *Meter, w window, h *Histogram, rateText string) {
 	if s := r.Server; s != nil {
 		b.WriteString("  " + r.serverName() + s.text(r.Unit))
 	}
+	if w.selfOK && r.Seconds > 0 {
+		r.GeneratorCPUSeconds = w.self.Seconds()
+		fmt.Fprintf(&b, "  generator %s", fmtCores(r.GeneratorCPUSeconds, r.Count, r.Seconds, r.Unit))
+	}
 	if w.stealOK {
 		r.HostStealPct = &w.steal
 		fmt.Fprintf(&b, " host steal=%.0f%%", w.steal)
@@ -205,6 +213,16 @@ func (r *Result) fill(m *Meter, w window, h *Histogram, rateText string) {
 		b.WriteString("  (interrupted)")
 	}
 	r.Summary = b.String()
+}
+
+// fmtCores is CPU seconds over a period as "cpu=12.5µs/msg (0.41 cores)",
+// without the per-unit part when nothing was counted.
+func fmtCores(cpu, count, seconds float64, unit string) string {
+	cores := fmt.Sprintf("(%.2f cores)", cpu/seconds)
+	if count <= 0 {
+		return cores
+	}
+	return fmt.Sprintf("cpu=%s/%s %s", fmtCPU(cpu*1e6/count), unit, cores)
 }
 
 // fmtLatency prints nanoseconds with about three significant digits.
