@@ -46,9 +46,11 @@ Scenarios:
 Every scenario but ping and nats registers its own users (names start
 with --prefix, random by default, so runs against one server do not
 clash); every one warms up, measures, and prints one summary line on
-stdout. Progress and diagnostics go to stderr. Exit status: 0 ok, 1 a
-scenario failed, 2 bad usage, 3 the measurements counted errors
-(unexpected replies, timeouts, disconnects).
+stdout: rate, latency, errors, the --pid processes' CPU and RSS, and
+the generator's own CPU ("generator cpu=", left out when --pid names
+the generator itself). Progress and diagnostics go to stderr. Exit
+status: 0 ok, 1 a scenario failed, 2 bad usage, 3 the measurements
+counted errors (unexpected replies, timeouts, disconnects).
 
 Run "chatbench <scenario> -h" for the flags of a scenario.
 `
