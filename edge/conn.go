@@ -55,8 +55,12 @@ type conn struct {
 	pollFD  int32        // the socket's descriptor while parked
 	drainAt atomic.Int64 // unix nanoseconds reads stop at once the edge drains
 
-	user    string        // bound user; only the read loop touches it
-	friends friendSet     // user's friends, as far as this session knows
+	user    string    // bound user; only the read loop touches it
+	friends friendSet // user's friends, as far as this session knows
+	// copies[i] is the number of the last copy the read loop queued on
+	// the edge's copiers[i] (sendLocal), 0 once the server is known to
+	// have it; nil before the first.
+	copies  []uint64
 	started time.Time     // when the request being handled was read
 	allow   bucket        // requests allowed (Options.RateLimit)
 	seen    atomic.Uint64 // highest log sequence this session has observed
@@ -684,7 +688,7 @@ func (c *conn) forward(cmd string, id json.RawMessage, frame []byte) {
 		// a recipient who gets it twice can tell.
 		msgID := nuid.Next()
 		hdr = nats.Header{proto.HdrMsgID: {msgID}}
-		if sent = c.sendDirect(ctx, id, frame, msgID); sent == confirmed {
+		if sent = c.sendDirect(ctx, id, frame, msgID); sent == confirmed || sent == local {
 			return
 		}
 	}

@@ -42,7 +42,16 @@ type Options struct {
 	// with several, each user's is always on the same one. Kept apart,
 	// deliveries arrive in larger batches and the edge writes more lines
 	// per system call (docs/benchmarks.md). None: Conn carries them.
+	// Opened with nats.NoEcho, a delivery connection also lets the edge
+	// write a private message to a friend with a session here itself,
+	// without a round trip through NATS: the copy it publishes for the
+	// user's sessions elsewhere (and for anyone watching the subject)
+	// then does not come back to it.
 	Deliveries []*nats.Conn
+	// CopyInterval is how long the edge gathers the copies of private
+	// messages it delivered itself before publishing the next batch
+	// (default 1 ms); the first after a quiet spell goes at once.
+	CopyInterval time.Duration
 	// Name names this edge in logs.
 	Name string
 	// MaxFrame is the largest client object accepted, in bytes.
@@ -136,6 +145,9 @@ func (o *Options) setDefaults() {
 	if o.IdleAfter == 0 {
 		o.IdleAfter = 5 * time.Second
 	}
+	if o.CopyInterval == 0 {
+		o.CopyInterval = defaultCopyInterval
+	}
 	if o.DrainGrace == 0 {
 		o.DrainGrace = time.Second
 	}
@@ -167,7 +179,8 @@ func (o Options) Validate() error {
 	for name, v := range map[string]int64{"file max size": o.FileMaxSize, "file timeout": int64(o.FileTimeout),
 		"request timeout": int64(o.RequestTimeout), "max frame": int64(o.MaxFrame), "out queue": int64(o.OutQueue),
 		"write timeout": int64(o.WriteTimeout), "keepalive": int64(o.KeepAlive), "heartbeat": int64(o.Heartbeat),
-		"idle after": int64(o.IdleAfter), "drain grace": int64(o.DrainGrace), "probe timeout": int64(o.ProbeTimeout)} {
+		"idle after": int64(o.IdleAfter), "drain grace": int64(o.DrainGrace), "probe timeout": int64(o.ProbeTimeout),
+		"copy interval": int64(o.CopyInterval)} {
 		if v < 0 {
 			return fmt.Errorf("edge: %s is negative", name)
 		}
@@ -187,7 +200,11 @@ type Edge struct {
 	// writes (see deliveryConn): Options.Deliveries, or Conn alone.
 	// settled[i] is subs[i]'s reconnect count when the server was last
 	// known to have its subscriptions (see awaitDeliveries).
-	subs    []*nats.Conn
+	subs []*nats.Conn
+	// copiers[i] publishes the copies of what the edge delivered itself
+	// to users whose subscription is on subs[i]; nil where that
+	// connection would echo them back (see Options.Deliveries).
+	copiers []*copier
 	settled []atomic.Uint64
 	// id names this edge instance on NATS: workers address file offers
 	// to it, and probes of a user's subject are answered with it.
@@ -264,6 +281,12 @@ func New(opts Options) (*Edge, error) {
 		e.subs = opts.Deliveries
 	}
 	e.settled = make([]atomic.Uint64, len(e.subs))
+	e.copiers = make([]*copier, len(e.subs))
+	for i, nc := range e.subs {
+		if nc != opts.Conn && nc.Opts.NoEcho {
+			e.copiers[i] = newCopier(nc, opts.CopyInterval)
+		}
+	}
 	if e.registry, err = newRegistry(e); err != nil {
 		return nil, err
 	}
@@ -282,6 +305,12 @@ func New(opts Options) (*Edge, error) {
 		_ = e.ln.Close()
 		_ = e.svc.Stop()
 		return nil, fmt.Errorf("edge: %w", err)
+	}
+	for _, cp := range e.copiers {
+		if cp != nil {
+			e.wg.Add(1)
+			go func() { defer e.wg.Done(); cp.run() }()
+		}
 	}
 	e.wg.Add(3)
 	go e.dispatch()
@@ -435,6 +464,11 @@ func (e *Edge) Shutdown(ctx context.Context) error {
 	}
 	if e.poller != nil {
 		e.poller.close()
+	}
+	for _, cp := range e.copiers {
+		if cp != nil {
+			cp.close() // after the sessions: their last messages' copies go too
+		}
 	}
 	done := make(chan struct{})
 	go func() { e.wg.Wait(); close(done) }()

@@ -15,13 +15,14 @@ type edgeMetrics struct {
 	latency    *metrics.HistogramVec
 	deliveries *metrics.CounterVec
 	// Private messages the edge sent itself (see conn.sendDirect).
-	directConfirmed, directUntaken *metrics.Counter
-	slow                           *metrics.Counter
-	frameErrors                    *metrics.CounterVec
-	accepted                       *metrics.Counter
-	transfers                      *metrics.CounterVec
-	fileBytes                      *metrics.Counter
-	labels                         metrics.Interner // label values read from replies and deliveries
+	directConfirmed, directUntaken, directLocal *metrics.Counter
+	privateDelivered                            *metrics.Counter // deliveries of private messages sent from here
+	slow                                        *metrics.Counter
+	frameErrors                                 *metrics.CounterVec
+	accepted                                    *metrics.Counter
+	transfers                                   *metrics.CounterVec
+	fileBytes                                   *metrics.Counter
+	labels                                      metrics.Interner // label values read from replies and deliveries
 
 	// The dispatcher's: the counter of the kind of line it delivered
 	// last, which is nearly always the kind of the next (a group message
@@ -69,16 +70,20 @@ func newEdgeMetrics(reg *metrics.Registry, e *Edge) *edgeMetrics {
 	})
 	direct := reg.NewCounterVec("chatd_edge_private_direct_total",
 		"Private messages to a friend the session knew of, sent by the edge to the recipient's subject itself, "+
-			"by outcome: confirmed by the recipient's edge, or untaken (offline, or unconfirmed) and kept by a worker.", "outcome")
+			"by outcome: local (written to the recipient's sessions here, a copy published for elsewhere), "+
+			"confirmed by the recipient's edge, or untaken (offline, or unconfirmed) and kept by a worker.", "outcome")
+	deliveries := reg.NewCounterVec("chatd_edge_deliveries_total",
+		"Lines delivered to client sessions as messages for their users, by kind.", "cmd")
 	return &edgeMetrics{
-		directConfirmed: direct.With("confirmed"),
-		directUntaken:   direct.With("untaken"),
+		directConfirmed:  direct.With("confirmed"),
+		directUntaken:    direct.With("untaken"),
+		directLocal:      direct.With("local"),
+		deliveries:       deliveries,
+		privateDelivered: deliveries.With("private_chat"),
 		commands: reg.NewCounterVec("chatd_edge_commands_total",
 			"Client commands answered, by command and result.", "cmd", "result"),
 		latency: reg.NewHistogramVec("chatd_edge_command_seconds",
 			"Time from reading a command to queueing its reply, by command.", "cmd"),
-		deliveries: reg.NewCounterVec("chatd_edge_deliveries_total",
-			"Lines delivered to client sessions from user subjects, by kind.", "cmd"),
 		slow: reg.NewCounter("chatd_edge_slow_disconnects_total",
 			"Clients disconnected because they did not read their messages fast enough."),
 		frameErrors: reg.NewCounterVec("chatd_edge_frame_errors_total",

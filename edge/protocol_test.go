@@ -643,10 +643,31 @@ func TestPrivateChatWaitsForAWorker(t *testing.T) {
 // and its edge sends their messages to the recipient's subject itself.
 // Whoever the session does not know as a friend is a worker's to judge.
 func TestFriendsChatWithoutWorkers(t *testing.T) {
+	forEachDeliveryPath(t, testFriendsChatWithoutWorkers)
+}
+
+// forEachDeliveryPath runs test with edges whose own NATS connection
+// carries the users' subscriptions (every private message goes through
+// NATS), and with a delivery connection of their own dialled with NoEcho
+// (one between sessions of an edge is written from there).
+func forEachDeliveryPath(t *testing.T, test func(t *testing.T, deliveries func(*chattest.Cluster) func(*edge.Options))) {
+	for _, tc := range []struct {
+		name       string
+		deliveries func(*chattest.Cluster) func(*edge.Options)
+	}{
+		{"through NATS", func(*chattest.Cluster) func(*edge.Options) { return func(*edge.Options) {} }},
+		{"local", func(c *chattest.Cluster) func(*edge.Options) { return c.Deliveries(1) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { test(t, tc.deliveries) })
+	}
+}
+
+func testFriendsChatWithoutWorkers(t *testing.T, deliveries func(*chattest.Cluster) func(*edge.Options)) {
 	c := chattest.StartBroker(t, "")
 	w := c.StartWorker("")
 	quick := func(o *edge.Options) { o.RequestTimeout = time.Second }
-	addr1, addr2 := c.StartEdge(quick).Addr().String(), c.StartEdge(quick).Addr().String()
+	addr1 := c.StartEdge(quick, deliveries(c)).Addr().String()
+	addr2 := c.StartEdge(quick, deliveries(c)).Addr().String()
 	cls := users(t, addr1, "alice", "bob", "eve")
 	alice, bob, eve := cls[0], cls[1], cls[2]
 	bob2 := chattest.Dial(t, addr2)
@@ -703,6 +724,10 @@ func wantNone(t *testing.T, cmd string, cls ...*chattest.Client) {
 // pile up until it is disconnected, every sender still gets its answer,
 // and messages between other users keep flowing meanwhile.
 func TestSlowRecipientStallsNobody(t *testing.T) {
+	forEachDeliveryPath(t, testSlowRecipientStallsNobody)
+}
+
+func testSlowRecipientStallsNobody(t *testing.T, deliveries func(*chattest.Cluster) func(*edge.Options)) {
 	c := chattest.StartBroker(t, "")
 	c.StartWorker("")
 	addr := c.StartEdge(func(o *edge.Options) {
@@ -710,7 +735,7 @@ func TestSlowRecipientStallsNobody(t *testing.T) {
 		// Longer than a client waits for a line: a delivery that blocked
 		// on the stuck socket would make the others' messages late.
 		o.WriteTimeout = 3 * chattest.Timeout
-	}).Addr().String()
+	}, deliveries(c)).Addr().String()
 	cls := users(t, addr, "alice", "carol", "dave")
 	alice, carol, dave := cls[0], cls[1], cls[2]
 	befriend(t, carol, dave, "dave")

@@ -498,7 +498,7 @@ func runAll(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer enc.Close()
 	eo := ef.options(enc, bf.name, mon.reg, log)
-	eo.Deliveries, err = openDeliveries(ef.deliveryConns, bf.name, func(name string) (*nats.Conn, error) { return b.Connect(name) })
+	eo.Deliveries, err = openDeliveries(ef.deliveryConns, bf.name, func(name string) (*nats.Conn, error) { return b.Connect(name, nats.NoEcho()) })
 	defer closeAll(eo.Deliveries)
 	if err != nil {
 		return err
@@ -592,7 +592,7 @@ func runEdge(ctx context.Context, args []string, stderr io.Writer) error {
 	defer nc.Close()
 	eo := ef.options(nc, *name, mon.reg, log)
 	eo.Deliveries, err = openDeliveries(ef.deliveryConns, *name, func(name string) (*nats.Conn, error) {
-		return connect(ctx, *natsURL, name, fs.natsPing, log)
+		return connect(ctx, *natsURL, name, fs.natsPing, log, nats.NoEcho())
 	})
 	defer closeAll(eo.Deliveries)
 	if err != nil {
@@ -664,8 +664,10 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 
 // openDeliveries dials an edge's n delivery connections, each named for
 // NATS monitoring (nats server report connections) "chatd-edge <edge>
-// deliveries <i>". On an error it returns those already open, for the
-// caller to close with the rest.
+// deliveries <i>". Callers dial them with NoEcho, which lets the edge
+// deliver private messages between its own sessions itself (see
+// edge.Options.Deliveries). On an error it returns those already open,
+// for the caller to close with the rest.
 func openDeliveries(n int, edge string, dial func(name string) (*nats.Conn, error)) ([]*nats.Conn, error) {
 	var conns []*nats.Conn
 	for i := range n {
@@ -698,8 +700,8 @@ const (
 )
 
 // connect dials NATS, retrying until ctx ends: processes may start in any order.
-func connect(ctx context.Context, url, name string, ping time.Duration, log *slog.Logger) (*nats.Conn, error) {
-	opts := []nats.Option{
+func connect(ctx context.Context, url, name string, ping time.Duration, log *slog.Logger, more ...nats.Option) (*nats.Conn, error) {
+	opts := append([]nats.Option{
 		nats.Name(name),
 		nats.PingInterval(ping),
 		nats.MaxPingsOutstanding(maxPingsOut),
@@ -707,7 +709,7 @@ func connect(ctx context.Context, url, name string, ping time.Duration, log *slo
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }),
-	}
+	}, more...)
 	for {
 		nc, err := nats.Connect(url, opts...)
 		if err == nil {

@@ -55,7 +55,7 @@ func TestMonitoring(t *testing.T) {
 		`chatd_edge_commands_total{cmd="get_group_member",result="group_not_exist"} 1`,
 		`chatd_edge_command_seconds_count{cmd="login"} 2`,
 		`chatd_edge_deliveries_total{cmd="private_chat"} 1`,
-		`chatd_edge_private_direct_total{outcome="confirmed"} 1`,
+		`chatd_edge_private_direct_total{outcome="local"} 1`,
 		"chatd_edge_registry_write_failures_total 0\n",
 		"chatd_edge_registry_changes_total 2\n",
 	} {

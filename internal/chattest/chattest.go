@@ -72,9 +72,10 @@ func StartBroker(t testing.TB, dir string) *Cluster {
 }
 
 // Conn opens a NATS connection to the broker, closed at cleanup.
-func (c *Cluster) Conn(name string) *nats.Conn {
+func (c *Cluster) Conn(name string, more ...nats.Option) *nats.Conn {
 	c.t.Helper()
-	nc, err := nats.Connect(c.URL, nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	opts := append([]nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}, more...)
+	nc, err := nats.Connect(c.URL, opts...)
 	if err != nil {
 		c.t.Fatalf("connect: %v", err)
 	}
@@ -149,11 +150,12 @@ func (c *Cluster) StartEdge(mod ...func(*edge.Options)) *edge.Edge {
 }
 
 // Deliveries gives an edge n connections of its own for the users'
-// subscriptions (edge.Options.Deliveries), named "<name> deliveries i".
+// subscriptions (edge.Options.Deliveries), named "<name> deliveries i",
+// dialled with NoEcho as chatd dials them.
 func (c *Cluster) Deliveries(n int) func(*edge.Options) {
 	return func(o *edge.Options) {
 		for i := range n {
-			o.Deliveries = append(o.Deliveries, c.Conn(fmt.Sprintf("%s deliveries %d", o.Name, i+1)))
+			o.Deliveries = append(o.Deliveries, c.Conn(fmt.Sprintf("%s deliveries %d", o.Name, i+1), nats.NoEcho()))
 		}
 	}
 }
