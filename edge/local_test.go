@@ -100,24 +100,31 @@ func TestLocalDelivery(t *testing.T) {
 	}
 }
 
+// holdingCopies starts edge a, which publishes copies an hour apart, and
+// edge b, with friends alice and bob on a and bob's second session on b.
+func holdingCopies(t *testing.T) (a *edge.Edge, alice, bob, bob2 *chattest.Client) {
+	t.Helper()
+	c := chattest.StartBroker(t, "")
+	c.StartWorker("")
+	a = c.StartEdge(func(o *edge.Options) { o.CopyInterval = time.Hour }, c.Deliveries(1))
+	b := c.StartEdge(c.Deliveries(1))
+	cls := users(t, a.Addr().String(), "alice", "bob")
+	alice, bob = cls[0], cls[1]
+	bob2 = chattest.Dial(t, b.Addr().String())
+	bob2.Login("bob", "pw-bob")
+	befriend(t, alice, bob, "bob")
+	bob2.Want("add_friend_reply")
+	return a, alice, bob, bob2
+}
+
 // The copy of a message written on the sender's edge may wait there to
 // be published with others. When the recipient's session there ends
 // meanwhile, the next message goes through NATS; it still reaches the
 // recipient's other edge after the copy, never before.
 func TestLocalCopyNotOvertaken(t *testing.T) {
-	c := chattest.StartBroker(t, "")
-	c.StartWorker("")
 	// The first copy after a quiet spell goes at once; the next would
 	// wait an hour but for the message after it.
-	a := c.StartEdge(func(o *edge.Options) { o.CopyInterval = time.Hour }, c.Deliveries(1))
-	b := c.StartEdge(c.Deliveries(1))
-	cls := users(t, a.Addr().String(), "alice", "bob")
-	alice, bob := cls[0], cls[1]
-	bob2 := chattest.Dial(t, b.Addr().String())
-	bob2.Login("bob", "pw-bob")
-	befriend(t, alice, bob, "bob")
-	bob2.Want("add_friend_reply")
-
+	a, alice, bob, bob2 := holdingCopies(t)
 	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "one"}, "success")
 	alice.Expect(M{"cmd": "private_chat", "user_to": "bob", "text": "two"}, "success")
 	wantTexts(t, "bob on a", bob, "one", "two")
@@ -130,17 +137,7 @@ func TestLocalCopyNotOvertaken(t *testing.T) {
 // A shutting-down edge publishes the copies it still holds: the
 // recipient's sessions elsewhere get every message.
 func TestShutdownPublishesQueuedCopies(t *testing.T) {
-	c := chattest.StartBroker(t, "")
-	c.StartWorker("")
-	a := c.StartEdge(func(o *edge.Options) { o.CopyInterval = time.Hour }, c.Deliveries(1))
-	b := c.StartEdge(c.Deliveries(1))
-	cls := users(t, a.Addr().String(), "alice", "bob")
-	alice, bob := cls[0], cls[1]
-	bob2 := chattest.Dial(t, b.Addr().String())
-	bob2.Login("bob", "pw-bob")
-	befriend(t, alice, bob, "bob")
-	bob2.Want("add_friend_reply")
-
+	a, alice, bob, bob2 := holdingCopies(t)
 	var texts []string
 	for i := range 5 {
 		texts = append(texts, fmt.Sprint("m", i))
