@@ -137,7 +137,10 @@ func TestTopologyWithPermissions(t *testing.T) {
 	}
 
 	// What the permissions are for.
-	nc, err := nats.Connect(url("edge"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	// The example passwords are bcrypt hashes of cost 11: under the race
+	// detector the broker takes over a second to check one, longer than
+	// the client's default 2 s wait once it is busy with others.
+	nc, err := nats.Connect(url("edge"), nats.Timeout(chattest.Timeout), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	if err != nil {
 		t.Fatal(err)
 	}
