@@ -273,6 +273,14 @@ func (c *conn) sendNow(line []byte, borrowed bool) {
 	c.wakeWriter(start) // a running writer waited while we wrote
 }
 
+// sendNowFrom writes delivery data to c as a line built in the caller's
+// buffer buf (see sendNow), and returns the buffer to keep for the next.
+func (c *conn) sendNowFrom(buf, data []byte) []byte {
+	buf = appendLine(buf[:0], data)
+	c.sendNow(buf, true)
+	return keepable(buf)
+}
+
 // own returns b, or a copy of it when it is borrowed.
 func own(b []byte, borrowed bool) []byte {
 	if borrowed {

@@ -33,8 +33,8 @@ type copier struct {
 	nc       *nats.Conn
 	interval time.Duration
 	wake     chan struct{} // a first copy is queued
-	// life ends at close: run publishes what is left and returns, and a
-	// wait for the server gives up.
+	// life ends at close: run publishes what is left and returns, a wait
+	// for the server gives up, and later pushes publish at once.
 	life     context.Context
 	end      context.CancelFunc
 	atServer atomic.Uint64
@@ -44,10 +44,9 @@ type copier struct {
 	publishing sync.Mutex
 	spare      []*nats.Msg // the last batch's slice, for the next; under publishing
 
-	mu      sync.Mutex
-	queue   []*nats.Msg
-	queued  uint64 // the number of the last copy queued
-	stopped bool
+	mu     sync.Mutex
+	queue  []*nats.Msg
+	queued uint64 // the number of the last copy queued
 }
 
 func newCopier(nc *nats.Conn, interval time.Duration) *copier {
@@ -62,9 +61,11 @@ func (cp *copier) push(m *nats.Msg) uint64 {
 	cp.mu.Lock()
 	cp.queue = append(cp.queue, m)
 	cp.queued++
-	n, first, stopped := cp.queued, len(cp.queue) == 1, cp.stopped
+	n, first := cp.queued, len(cp.queue) == 1
 	cp.mu.Unlock()
-	if stopped {
+	// Checked after queueing: a close that comes later still finds m in
+	// the queue when run publishes what is left.
+	if cp.life.Err() != nil {
 		cp.publishQueued()
 		return n
 	}
@@ -163,11 +164,4 @@ func (cp *copier) run() {
 
 // close makes later pushes publish at once and ends run, which publishes
 // what is still queued.
-func (cp *copier) close() {
-	cp.mu.Lock()
-	defer cp.mu.Unlock()
-	if !cp.stopped {
-		cp.stopped = true
-		cp.end()
-	}
-}
+func (cp *copier) close() { cp.end() }

@@ -98,7 +98,8 @@ func present(raw []byte) bool { return raw != nil && string(raw) != "null" }
 // false, having done nothing, when to has no session here (or its first
 // is still logging in), or when the copy would come back to this edge.
 func (e *Edge) sendLocal(c *conn, to string, m *nats.Msg) bool {
-	cp := e.copiers[e.deliveryConn(to)]
+	i := e.deliveryConn(to)
+	cp := e.copiers[i]
 	if cp == nil {
 		return false
 	}
@@ -124,15 +125,13 @@ func (e *Edge) sendLocal(c *conn, to string, m *nats.Msg) bool {
 	if only != nil {
 		// From c's own line buffer: copied only if the socket does not
 		// take the line at once (as the dispatcher writes one).
-		c.out = appendLine(c.out[:0], m.Data)
-		only.sendNow(c.out, true)
-		c.out = keepable(c.out)
+		c.out = only.sendNowFrom(c.out, m.Data)
 	}
 	e.metrics.privateDelivered.Add(uint64(n))
 	if c.copies == nil {
 		c.copies = make([]uint64, len(e.copiers))
 	}
-	c.copies[e.deliveryConn(to)] = cp.push(m)
+	c.copies[i] = cp.push(m)
 	return true
 }
 

@@ -1096,9 +1096,7 @@ func (e *Edge) complete(d delivery, dispatcher bool) {
 		// over the writers and the cores rather than hold up this loop.
 		// The line is built in the dispatcher's own buffer, copied only if
 		// the socket does not take it at once.
-		e.line = appendLine(e.line[:0], m.Data)
-		d.only.sendNow(e.line, true)
-		e.line = keepable(e.line)
+		e.line = d.only.sendNowFrom(e.line, m.Data)
 	}
 	if d.n == 0 {
 		if d.handedOff {
