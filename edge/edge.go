@@ -294,7 +294,11 @@ func New(opts Options) (*Edge, error) {
 	if opts.FilePortLo > 0 {
 		e.files = &portRange{lo: opts.FilePortLo, hi: opts.FilePortHi}
 	}
-	if e.ln, err = net.Listen("tcp", opts.Listen); err != nil {
+	// Go's own keepalive on accepted connections is off: each one gets
+	// its own, jittered, once accepted (see Serve), and the default would
+	// be four more system calls per connection, set only to be overwritten.
+	lc := net.ListenConfig{KeepAlive: -1}
+	if e.ln, err = lc.Listen(context.Background(), "tcp", opts.Listen); err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	if err := e.addService(); err != nil {
