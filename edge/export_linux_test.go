@@ -1,6 +1,9 @@
 package edge
 
-import "syscall"
+import (
+	"errors"
+	"syscall"
+)
 
 // KeepAlive is the TCP keepalive of one accepted client socket, as the
 // kernel has it.
@@ -31,10 +34,8 @@ func KeepAlives(e *Edge) ([]KeepAlive, error) {
 			k.IntervalS, errs[2] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL)
 			k.Cnt, errs[3] = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT)
 		})
-		for _, x := range errs {
-			if err == nil {
-				err = x
-			}
+		if err == nil {
+			err = errors.Join(errs[:]...)
 		}
 		if err != nil {
 			return nil, err
