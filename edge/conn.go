@@ -29,7 +29,8 @@ import (
 // connection is busy: after writerIdle without a line it ends, so an idle
 // connection costs one goroutine, not two. A reply, or a private message,
 // when nothing else is waiting, is written by the goroutine that has it
-// (see sendNow).
+// (see sendNow). A presence notice may wait a moment for company (see
+// sendLater).
 type conn struct {
 	e    *Edge
 	sock net.Conn
@@ -43,6 +44,9 @@ type conn struct {
 	kick     chan struct{} // wakes a waiting writer
 	closed   bool
 	idleWait chan struct{} // closed when the writer next finds nothing to do
+	eager    bool          // a line that may not wait is queued
+	laterAt  time.Time     // when a queue of lines that may wait is due
+	later    *time.Timer   // fires at laterAt (laterDue); nil until first needed
 	recent   *recentIDs    // private messages written lately; nil until the first
 
 	closeOnce sync.Once
@@ -185,6 +189,9 @@ func (c *conn) close() {
 		c.mu.Lock()
 		c.closed = true
 		c.queue = nil
+		if c.later != nil {
+			c.later.Stop()
+		}
 		c.mu.Unlock()
 		c.unpark()
 		close(c.done)
@@ -196,7 +203,16 @@ func (c *conn) close() {
 // send queues a line for the client. A client that lets OutQueue lines
 // pile up is not keeping up; it is disconnected rather than buffered
 // without limit.
-func (c *conn) send(line []byte) {
+func (c *conn) send(line []byte) { c.enqueue(line, false) }
+
+// sendLater queues a line that may wait up to Options.PresenceDelay for
+// others to share its system call: in a login storm each online user
+// hears of friends coming and going many times a second, and a write
+// each cost more than anything else the edge does for a login. Nothing
+// overtakes a waiting line: whatever is queued next takes it along.
+func (c *conn) sendLater(line []byte) { c.enqueue(line, true) }
+
+func (c *conn) enqueue(line []byte, mayWait bool) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -210,7 +226,43 @@ func (c *conn) send(line []byte) {
 		c.close()
 		return
 	}
+	switch delay := c.e.opts.PresenceDelay; {
+	case mayWait && len(c.queue) == 0 && !c.busy && delay > 0:
+		// No writer is woken, or started, until the timer says so.
+		c.queue = append(c.queue, line)
+		c.laterAt = time.Now().Add(delay)
+		if c.later == nil {
+			c.later = time.AfterFunc(delay, c.laterDue)
+		} else {
+			c.later.Reset(delay)
+		}
+		c.mu.Unlock()
+		return
+	case mayWait && !c.eager && len(c.queue) > 0:
+		// Waiting already, or about to be written: the timer or the
+		// writer has it.
+		c.queue = append(c.queue, line)
+		c.mu.Unlock()
+		return
+	case !mayWait:
+		c.eager = true
+	}
 	c.queue = append(c.queue, line)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	c.wakeWriter(start)
+}
+
+// laterDue starts or wakes the writer for lines that have waited long
+// enough.
+func (c *conn) laterDue() {
+	c.mu.Lock()
+	c.laterAt = time.Time{} // due, whatever the clock says
+	if c.closed || len(c.queue) == 0 {
+		c.mu.Unlock()
+		return
+	}
 	start := !c.writing
 	c.writing = true
 	c.mu.Unlock()
@@ -261,6 +313,7 @@ func (c *conn) sendNow(line []byte, borrowed bool) {
 		c.queue = append(c.queue, nil)
 		copy(c.queue[1:], c.queue)
 		c.queue[0] = own(rest, borrowed)
+		c.eager = true
 	}
 	if len(c.queue) == 0 {
 		c.noneQueued()
@@ -370,6 +423,11 @@ func (c *conn) writeLoop() {
 		// writes them all. With nothing else to run this returns at once.
 		runtime.Gosched()
 		c.mu.Lock()
+		if c.waitLater() {
+			c.mu.Unlock()
+			<-c.kick // laterDue's, or a line's that takes them along
+			continue
+		}
 		// With a short queue, a few more turns for as long as each brings
 		// more lines: a group message reaches its members one by one, and
 		// the dispatcher may still be going through them. One call then
@@ -411,6 +469,7 @@ func (c *conn) writeLoop() {
 			continue
 		}
 		c.queue, c.spare = c.spare[:0], nil // the two arrays take turns
+		c.eager = false
 		c.busy = true
 		c.mu.Unlock()
 
@@ -432,6 +491,14 @@ func (c *conn) writeLoop() {
 	}
 }
 
+// waitLater reports whether everything queued may wait for more (see
+// sendLater); the caller holds mu. A flush waits for nothing.
+func (c *conn) waitLater() bool {
+	n := len(c.queue)
+	return n > 0 && n < fullBatch && !c.eager && !c.busy && !c.closed &&
+		c.idleWait == nil && time.Now().Before(c.laterAt)
+}
+
 // renewWriteDeadline moves the write deadline WriteTimeout ahead, but
 // only once a quarter of it has passed since the last move: setting a
 // deadline reschedules a runtime timer, and the writer writes far more
@@ -449,7 +516,7 @@ func (c *conn) renewWriteDeadline(now time.Time) {
 // connection is closed.
 func (c *conn) flush() {
 	c.mu.Lock()
-	if !c.writing && !c.busy {
+	if !c.writing && !c.busy && len(c.queue) == 0 {
 		c.mu.Unlock()
 		return
 	}
@@ -457,8 +524,10 @@ func (c *conn) flush() {
 		c.idleWait = make(chan struct{})
 	}
 	wait := c.idleWait
+	start := !c.writing
+	c.writing = true
 	c.mu.Unlock()
-	c.wakeWriter(false) // a writer waiting for lines must look again
+	c.wakeWriter(start) // a writer waiting for lines, or none for lines that wait, must look
 	select {
 	case <-wait:
 	case <-c.done:

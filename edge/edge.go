@@ -52,6 +52,12 @@ type Options struct {
 	// messages it delivered itself before publishing the next batch
 	// (default 1 ms); the first after a quiet spell goes at once.
 	CopyInterval time.Duration
+	// PresenceDelay is how long a presence notice (friend_login,
+	// friend_offline) may wait for other lines to its session, so that
+	// one system call writes them all (default 10 ms). Whatever else is
+	// written to the session takes waiting notices along at once: they
+	// are never overtaken. Negative: each is written at once.
+	PresenceDelay time.Duration
 	// Name names this edge in logs.
 	Name string
 	// MaxFrame is the largest client object accepted, in bytes.
@@ -145,6 +151,9 @@ func (o *Options) setDefaults() {
 	if o.IdleAfter == 0 {
 		o.IdleAfter = 5 * time.Second
 	}
+	if o.PresenceDelay == 0 {
+		o.PresenceDelay = defaultPresenceDelay
+	}
 	if o.CopyInterval == 0 {
 		o.CopyInterval = defaultCopyInterval
 	}
@@ -158,6 +167,11 @@ func (o *Options) setDefaults() {
 		o.Version = "0.0.0"
 	}
 }
+
+// defaultPresenceDelay is well below what a person can notice in a
+// friend's status, and longer than most sessions of a login storm last,
+// so such a session gets its notices in the write of its login reply.
+const defaultPresenceDelay = 10 * time.Millisecond
 
 // maxAllowance bounds the rates of Options.RateLimit and LoginFailures.
 const maxAllowance = 1e9
@@ -1062,9 +1076,10 @@ func (e *Edge) route(u *userEntry, m *nats.Msg, direct bool) delivery {
 		return d
 	}
 	d.n, d.name = len(u.sessions), u.name
-	friend, befriended := "", false
+	friend, befriended, later := "", false, false
 	if !d.handedOff {
 		friend, befriended = newFriend(m.Data)
+		later = presenceNotice(m.Data)
 	}
 	for c := range u.sessions {
 		c.observe(seq)
@@ -1081,7 +1096,11 @@ func (e *Edge) route(u *userEntry, m *nats.Msg, direct bool) delivery {
 		if line == nil {
 			line = asLine(m.Data)
 		}
-		c.send(line)
+		if later {
+			c.sendLater(line)
+		} else {
+			c.send(line)
+		}
 	}
 	return d
 }

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"slices"
 	"strings"
 	"sync"
@@ -61,6 +62,13 @@ func field(line []byte, key string) (string, bool) {
 		}
 	})
 	return v, err == nil && ok
+}
+
+// presenceNotice reports whether line tells of a friend coming online or
+// going offline, as workers write it.
+func presenceNotice(line []byte) bool {
+	return bytes.HasPrefix(line, []byte(`{"cmd":"friend_login",`)) ||
+		bytes.HasPrefix(line, []byte(`{"cmd":"friend_offline",`))
 }
 
 // addFriendNotice starts the notice a user gets when another adds them.

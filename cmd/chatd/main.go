@@ -261,6 +261,7 @@ type edgeFlags struct {
 	fileMax        byteSize
 	heartbeat      time.Duration
 	idleAfter      time.Duration
+	presenceDelay  time.Duration
 	keepAlive      time.Duration
 	jsDomain       string
 	deliveryConns  int
@@ -281,6 +282,7 @@ func (f *edgeFlags) register(fs *flagSet, listen string, withDomain bool) {
 	fs.DurationVar(&f.heartbeat, "heartbeat", 5*time.Second, "how often the edge tells the workers it is alive")
 	fs.DurationVar(&f.keepAlive, "keepalive", 30*time.Second, "idle time before TCP keepalive probes; a vanished client is dropped 30s after that")
 	fs.DurationVar(&f.idleAfter, "idle-after", 5*time.Second, "silence after which a connection is parked: no goroutine until it speaks (Linux)")
+	fs.DurationVar(&f.presenceDelay, "presence-delay", 10*time.Millisecond, "how long a friend_login or friend_offline notice may wait for other lines to the same client, to share a write with them; 0: written at once")
 	fs.Float64Var(&f.clientRate, "client-rate", 100, "requests per second each client connection may send on average; past it they are answered \"rate_limited\"; 0: no limit")
 	fs.IntVar(&f.clientBurst, "client-burst", 200, "requests a client connection may send at once within --client-rate; 0: a second's worth")
 	fs.Float64Var(&f.loginFailures, "login-failures", 30, "failed logins a client address (IPv6: its /64) may make per minute, that many at once; past it its logins are answered \"rate_limited\" before any password is hashed; 0: no limit")
@@ -294,9 +296,16 @@ func (f *edgeFlags) register(fs *flagSet, listen string, withDomain bool) {
 // connections only cost the broker.
 const maxDeliveryConns = 64
 
+// maxPresenceDelay bounds --presence-delay: longer, and a friend's status
+// would lag noticeably when nothing else is written to the client.
+const maxPresenceDelay = time.Second
+
 func (f *edgeFlags) validate(name string, log *slog.Logger) error {
 	if err := f.options(nil, name, nil, log).Validate(); err != nil {
 		return usageError{err}
+	}
+	if f.presenceDelay < 0 || f.presenceDelay > maxPresenceDelay {
+		return usageError{fmt.Errorf("--presence-delay %s is not within 0-%s", f.presenceDelay, maxPresenceDelay)}
 	}
 	if f.deliveryConns < 0 || f.deliveryConns > maxDeliveryConns {
 		return usageError{fmt.Errorf("--delivery-conns %d is not within 0-%d", f.deliveryConns, maxDeliveryConns)}
@@ -305,9 +314,13 @@ func (f *edgeFlags) validate(name string, log *slog.Logger) error {
 }
 
 func (f *edgeFlags) options(nc *nats.Conn, name string, reg *metrics.Registry, log *slog.Logger) edge.Options {
+	presenceDelay := f.presenceDelay
+	if presenceDelay == 0 {
+		presenceDelay = -1 // at once; zero would be the edge's default
+	}
 	return edge.Options{Listen: f.listen, Conn: nc, Name: name, MaxFrame: f.maxFrame,
 		RequestTimeout: f.requestTimeout, FilePortLo: f.filePorts.lo, FilePortHi: f.filePorts.hi,
-		FileTimeout: f.fileTimeout, FileMaxSize: int64(f.fileMax), Heartbeat: f.heartbeat, IdleAfter: f.idleAfter, KeepAlive: f.keepAlive, JetStreamDomain: f.jsDomain,
+		FileTimeout: f.fileTimeout, FileMaxSize: int64(f.fileMax), Heartbeat: f.heartbeat, IdleAfter: f.idleAfter, PresenceDelay: presenceDelay, KeepAlive: f.keepAlive, JetStreamDomain: f.jsDomain,
 		RateLimit: f.clientRate, RateBurst: f.clientBurst, LoginFailures: f.loginFailures, Metrics: reg, Version: version, Logger: log.With("role", "edge")}
 }
 

@@ -164,6 +164,8 @@ func TestBadFlagsAreRefused(t *testing.T) {
 		{[]string{"all", "--argon2-memory", "4KiB"}, nil, "argon2 memory"},
 		{[]string{"edge", "--idle-after", "-1s"}, nil, "idle after is negative"},
 		{[]string{"all", "--delivery-conns", "-1"}, nil, "--delivery-conns -1 is not within"},
+		{[]string{"edge", "--presence-delay", "-1ms"}, nil, "--presence-delay -1ms is not within 0-1s"},
+		{[]string{"all", "--presence-delay", "2s"}, nil, "--presence-delay 2s is not within 0-1s"},
 		{[]string{"edge", "--client-rate", "-5"}, nil, "client rate -5 with burst 200: the rate is not within"},
 		{[]string{"edge", "--client-rate", "Inf"}, nil, "client rate +Inf with burst 200: the rate is not within"},
 		{[]string{"all"}, []string{"CHATD_CLIENT_RATE=NaN"}, "client rate NaN"},

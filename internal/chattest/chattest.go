@@ -314,6 +314,31 @@ func (cl *Client) Pending() []Msg {
 	return p
 }
 
+// Within returns the messages that arrive within d, also leaving them
+// in the backlog: for checks that something is not written yet, which
+// only a slow machine could pass wrongly, never fail wrongly.
+func (cl *Client) Within(d time.Duration) []Msg {
+	cl.t.Helper()
+	var got []Msg
+	end := time.After(d)
+	for {
+		select {
+		case line, ok := <-cl.lines:
+			if !ok {
+				return got
+			}
+			m := Msg{Raw: line}
+			if err := json.Unmarshal([]byte(line), &m.Fields); err != nil {
+				cl.t.Fatalf("server sent a line that is not a JSON object: %q", line)
+			}
+			got = append(got, m)
+			cl.backlog = append(cl.backlog, m)
+		case <-end:
+			return got
+		}
+	}
+}
+
 // Closed waits until the server closes the connection and returns the
 // messages received but not yet claimed.
 func (cl *Client) Closed() []Msg {
