@@ -207,8 +207,8 @@ func (c *conn) send(line []byte) { c.enqueue(line, false) }
 
 // sendLater queues a line that may wait up to Options.PresenceDelay for
 // others to share its system call: in a login storm each online user
-// hears of friends coming and going many times a second, and a write
-// each cost more than anything else the edge does for a login. Nothing
+// hears of friends coming and going many times a second, and each notice
+// woke the writer for a write of its own (docs/benchmarks.md). Nothing
 // overtakes a waiting line: whatever is queued next takes it along.
 func (c *conn) sendLater(line []byte) { c.enqueue(line, true) }
 
